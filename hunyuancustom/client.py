@@ -1,0 +1,322 @@
+"""HTTP client for the hosted HunyuanCustom API (WaveSpeedAI).
+
+One `requests.Session`, explicit timeouts, typed errors, and one retry policy:
+- GETs (result polls, downloads) retry 408/5xx, timeouts and dropped connections with capped
+  exponential back-off, and 429 after its Retry-After;
+- the submit is retried only when the server certainly did not take it (connection refused,
+  connect timeout, 429). Any other failure after the request may have reached the server raises
+  `SubmitUncertainError`: a blind retry could create, and bill, a second task.
+Every wait goes through `progress.sleep` / `progress.run_cancellable`, so Cancel works anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable
+
+import requests
+import urllib3
+
+from . import __version__
+from .config import ApiKey, how_to_set_key
+from .errors import (
+    ApiError,
+    AuthError,
+    ForbiddenError,
+    InsufficientBalanceError,
+    MalformedResponseError,
+    RateLimitError,
+    ServerError,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from .prediction import PENDING, TERMINAL_FAILED, Prediction, parse_envelope, parse_prediction
+from .progress import NullReporter, Reporter, run_cancellable, sleep
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float = 10.0
+    read_s: float = 30.0  # JSON calls; the provider answers polls in well under a second
+    upload_read_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6  # per call, for 5xx/timeouts/drops
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    rate_limit_waits: int = 10  # 429 answers tolerated per call
+    max_retry_after_s: float = 120.0
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.max_delay_s, self.base_delay_s * (2 ** attempt))
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    """Poll once a second while a task is young, then slow to `max_interval_s`.
+
+    Completion is noticed on average half an interval after it happens: 0.5 s early on and at
+    most 1 s later, with about one request a second at most (core's API nodes poll every 5 s).
+    """
+
+    initial_s: float = 1.0
+    max_interval_s: float = 2.0
+    fast_period_s: float = 30.0
+    ramp_s: float = 60.0  # seconds over which the interval grows from initial to max
+
+    def interval(self, elapsed_s: float) -> float:
+        if elapsed_s <= self.fast_period_s:
+            return self.initial_s
+        grown = (elapsed_s - self.fast_period_s) / self.ramp_s
+        return min(self.max_interval_s, self.initial_s + grown * (self.max_interval_s - self.initial_s))
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Adds the key at send time, so it lives in no config object that could be printed."""
+
+    def __init__(self, key: ApiKey):
+        self._key = key
+
+    def __call__(self, r):
+        r.headers["Authorization"] = "Bearer " + self._key.reveal()
+        return r
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(<hidden>)"
+
+
+_BALANCE = re.compile(r"balance|insufficient|credit|quota", re.I)
+_RETRY_STATUS = {408, 500, 502, 503, 504, 520, 522, 524}
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _message(resp: requests.Response) -> str:
+    """The provider's own message for an error answer, short, or the HTTP reason."""
+    try:
+        payload = resp.json()
+        if isinstance(payload, dict):
+            msg = payload.get("message") or (payload.get("data") or {}).get("error")
+            if isinstance(msg, str) and msg.strip():
+                return msg.strip()[:500]
+    except ValueError:
+        pass
+    return f"HTTP {resp.status_code} {resp.reason or ''}".strip()
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request certainly did not reach the server (safe to resend a submit)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError):
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False
+
+
+class WaveSpeedClient:
+    def __init__(
+        self,
+        api_key: ApiKey,
+        api_base: str,
+        *,
+        reporter: Reporter | None = None,
+        timeouts: Timeouts = Timeouts(),
+        retry: RetryPolicy = RetryPolicy(),
+        schedule: PollSchedule = PollSchedule(),
+        sleep_fn: Callable[..., None] | None = None,
+    ):
+        self.api_base = api_base.rstrip("/")
+        self.reporter = reporter or NullReporter()
+        self.timeouts = timeouts
+        self.retry = retry
+        self.schedule = schedule
+        self.session = requests.Session()
+        self.session.auth = _BearerAuth(api_key)
+        self.session.headers["User-Agent"] = f"ComfyUI-HunyuanCustom/{__version__}"
+        # sleep_fn(seconds, on_tick=None): tests pass a recorder; the default sleeps in short
+        # ticks, honours Cancel and calls on_tick about once a second (live elapsed time).
+        self._sleep = sleep_fn or (lambda s, on_tick=None: sleep(s, self.reporter, on_tick))
+        self.requests_made = 0
+
+    def __repr__(self) -> str:
+        return f"WaveSpeedClient({self.api_base!r})"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- one place for sending, retrying and classifying ----------------------------------------
+
+    def _send(self, method: str, url: str, *, idempotent: bool, read_timeout: float | None = None,
+              **kwargs) -> requests.Response:
+        timeout = (self.timeouts.connect_s, read_timeout or self.timeouts.read_s)
+        failures = 0
+        rate_limited = 0
+        while True:
+            self.reporter.check_interrupt()
+            try:
+                self.requests_made += 1
+                resp = run_cancellable(
+                    lambda _cancel: self.session.request(method, url, timeout=timeout, **kwargs),
+                    self.reporter,
+                )
+            except requests.RequestException as e:
+                kind = type(e).__name__
+                if not idempotent and not _never_sent(e):
+                    raise SubmitUncertainError(
+                        f"The connection failed after the request was sent ({kind}); the task may "
+                        "or may not have been created. It was not resubmitted, so you are not "
+                        "billed twice: check your WaveSpeedAI dashboard before running again."
+                    ) from None
+                failures += 1
+                if failures >= self.retry.attempts:
+                    raise ServerError(f"Could not reach the API at {self.api_base} after "
+                                      f"{failures} tries ({kind}).") from None
+                self._sleep(self.retry.backoff(failures - 1))
+                continue
+
+            status = resp.status_code
+            if status == 429:
+                rate_limited += 1
+                if rate_limited > self.retry.rate_limit_waits:
+                    raise RateLimitError("The API kept answering 429 Too Many Requests: your "
+                                         "account's rate or concurrency limit is reached. Wait "
+                                         "and try again, or raise your account level.",
+                                         status=429)
+                wait = _retry_after(resp)
+                wait = self.retry.backoff(rate_limited - 1) if wait is None else wait
+                wait = min(wait, self.retry.max_retry_after_s)
+                self.reporter.status(f"Rate limited by the API; retrying in {math.ceil(wait)} s")
+                self._sleep(wait)
+                continue
+            if status in _RETRY_STATUS or status >= 500:
+                if not idempotent:
+                    raise SubmitUncertainError(
+                        f"The API answered HTTP {status} to the submit; the task may or may not "
+                        "have been created. It was not resubmitted, so you are not billed twice: "
+                        "check your WaveSpeedAI dashboard before running again.", status=status)
+                failures += 1
+                if failures >= self.retry.attempts:
+                    raise ServerError(f"The API kept failing (HTTP {status}: {_message(resp)}) "
+                                      f"after {failures} tries.", status=status)
+                wait = _retry_after(resp)
+                self._sleep(self.retry.backoff(failures - 1) if wait is None else
+                            min(wait, self.retry.max_retry_after_s))
+                continue
+            return resp
+
+    def _json(self, resp: requests.Response) -> Any:
+        """Classify a final answer: raise typed errors for 4xx, parse JSON for 2xx."""
+        status = resp.status_code
+        if status == 401:
+            raise AuthError("The WaveSpeedAI API key was refused (401 Unauthorized). "
+                            + how_to_set_key(), status=401)
+        if status == 402 or (400 <= status < 500 and _BALANCE.search(_message(resp))):
+            raise InsufficientBalanceError(
+                f"Insufficient balance on your WaveSpeedAI account: top up, then run again. "
+                f"(Provider said: {_message(resp)})", status=status)
+        if status == 403:
+            raise ForbiddenError(f"Access denied (403 Forbidden): the account may be suspended or "
+                                 f"not allowed to use this model. (Provider said: {_message(resp)})",
+                                 status=403)
+        if status >= 400:
+            raise ApiError(f"The API refused the request: {_message(resp)}", status=status)
+        try:
+            payload = resp.json()
+        except ValueError:
+            ctype = resp.headers.get("Content-Type", "?")
+            snippet = resp.text[:80].replace("\n", " ")
+            raise MalformedResponseError(f"The API answered HTTP {status} with something that is "
+                                         f"not JSON ({ctype}): {snippet!r}", status=status) from None
+        # The envelope's own code can carry the error even when HTTP says 200.
+        if isinstance(payload, dict) and isinstance(payload.get("code"), int) and payload["code"] >= 400:
+            code = payload["code"]
+            fake = requests.Response()
+            fake.status_code = code
+            fake._content = json.dumps(payload).encode()
+            return self._json(fake)
+        return payload
+
+    # --- endpoints ------------------------------------------------------------------------------
+
+    def upload(self, data: bytes, filename: str, content_type: str) -> str:
+        """Upload bytes through the media endpoint; return the URL the API can read them from."""
+        resp = self._send("POST", f"{self.api_base}/media/upload/binary", idempotent=True,
+                          read_timeout=self.timeouts.upload_read_s,
+                          files={"file": (filename, data, content_type)})
+        data_obj = parse_envelope(self._json(resp))
+        url = data_obj.get("download_url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise MalformedResponseError("The media upload answer has no 'data.download_url'.")
+        return url
+
+    def submit(self, model_id: str, body: dict) -> Prediction:
+        resp = self._send("POST", f"{self.api_base}/{model_id}", idempotent=False, json=body)
+        try:
+            return parse_prediction(self._json(resp))
+        except MalformedResponseError as e:
+            raise MalformedResponseError(f"{e} The submit may have created a task; check your "
+                                         "WaveSpeedAI dashboard before running again.") from None
+
+    def result(self, task_id: str) -> Prediction:
+        resp = self._send("GET", f"{self.api_base}/predictions/{task_id}/result", idempotent=True)
+        try:
+            return parse_prediction(self._json(resp))
+        except ApiError as e:
+            if e.task_id:
+                raise
+            # Same error, with the task id the user needs to find or resume the task.
+            raise type(e)(str(e), status=e.status, task_id=task_id) from None
+
+    def wait(self, task_id: str, *, timeout_s: float,
+             on_update: Callable[[Prediction, float], None] | None = None) -> Prediction:
+        """Poll until the task completes; raise TaskFailedError/TaskTimeoutError otherwise."""
+        start = time.monotonic()
+        while True:
+            pred = self.result(task_id)
+            elapsed = time.monotonic() - start
+            if on_update is not None:
+                on_update(pred, elapsed)
+            if pred.status == "completed":
+                return pred
+            if pred.status in TERMINAL_FAILED:
+                reason = pred.error or "the provider gave no reason"
+                raise TaskFailedError(f"The task {pred.status}: {reason}", task_id=task_id)
+            # Unknown statuses are treated as pending: the provider may add e.g. "queued".
+            interval = self.schedule.interval(elapsed)
+            if elapsed + interval > timeout_s:
+                raise TaskTimeoutError(
+                    f"Stopped waiting after {int(timeout_s)} s (status {pred.status}). The task may "
+                    "still finish on the provider; its output stays available for about 7 days.",
+                    task_id=task_id)
+            tick = (lambda p=pred: on_update(p, time.monotonic() - start)) if on_update else None
+            self._sleep(interval, tick)
+
+
+__all__ = ["WaveSpeedClient", "Timeouts", "RetryPolicy", "PollSchedule", "PENDING"]

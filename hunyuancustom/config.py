@@ -1,0 +1,195 @@
+"""Where the pack keeps its data, its settings and the API key.
+
+Data folder, first match wins:
+1. `HUNYUANCUSTOM_DATA_DIR` (tests, unusual installs);
+2. inside a running ComfyUI: `<ComfyUI user dir>/hunyuancustom`;
+3. the pack installed at `<ComfyUI>/custom_nodes/<pack>`: `<ComfyUI>/user/hunyuancustom`, so the
+   CLI run from an installed pack finds the key the nodes use;
+4. otherwise `~/.config/hunyuancustom`.
+
+The key comes from `WAVESPEED_API_KEY` or the file `api_key` in the data folder. It is held in
+an `ApiKey`, whose str/repr never show it; only the HTTP auth hook reads the secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, MissingApiKeyError
+
+DEFAULT_API_BASE = "https://api.wavespeed.ai/api/v2"
+KEY_ENV = "WAVESPEED_API_KEY"
+BASE_ENV = "WAVESPEED_API_BASE"
+KEY_FILE_NAME = "api_key"
+SETTINGS_FILE_NAME = "settings.json"
+
+_PACK_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    env = os.environ.get("HUNYUANCUSTOM_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    folder_paths = sys.modules.get("folder_paths")  # only present inside ComfyUI
+    if folder_paths is not None and hasattr(folder_paths, "get_user_directory"):
+        return Path(folder_paths.get_user_directory()) / "hunyuancustom"
+    if _PACK_ROOT.parent.name == "custom_nodes" and (_PACK_ROOT.parent.parent / "main.py").exists():
+        return _PACK_ROOT.parent.parent / "user" / "hunyuancustom"
+    return Path.home() / ".config" / "hunyuancustom"
+
+
+def key_file_path() -> Path:
+    return data_dir() / KEY_FILE_NAME
+
+
+def settings_file_path() -> Path:
+    return data_dir() / SETTINGS_FILE_NAME
+
+
+class ApiKey:
+    """A secret that does not print itself."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str):
+        value = value.strip()
+        if not value:
+            raise MissingApiKeyError(f"The API key from {source} is empty.")
+        if any(c.isspace() for c in value):
+            raise ConfigError(f"The API key from {source} contains whitespace; check it.")
+        self._value = value
+        self.source = source
+
+    def reveal(self) -> str:
+        return self._value
+
+    @property
+    def last4(self) -> str:
+        return self._value[-4:]
+
+    def __repr__(self) -> str:
+        return f"ApiKey(<hidden>, source={self.source!r})"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # never pickled into a cache or a history entry
+        raise TypeError("ApiKey cannot be pickled")
+
+
+def how_to_set_key() -> str:
+    return (
+        f"Set the environment variable {KEY_ENV} before starting ComfyUI, enter the key in "
+        f"ComfyUI's Settings (HunyuanCustom > API key), or write it into the file "
+        f"{key_file_path()}. Get a key from your WaveSpeedAI account's API keys page."
+    )
+
+
+def load_api_key() -> ApiKey:
+    """The key from the environment, else from the key file; a clear error when neither has one."""
+    env = os.environ.get(KEY_ENV, "").strip()
+    if env:
+        return ApiKey(env, f"the environment variable {KEY_ENV}")
+    path = key_file_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingApiKeyError("No WaveSpeedAI API key is set. " + how_to_set_key()) from None
+    except OSError as e:
+        raise ConfigError(f"Cannot read the API key file {path}: {e.strerror}") from None
+    return ApiKey(text, f"the key file {path}")
+
+
+def key_status() -> dict:
+    """What a UI may show about the key: whether one is set, where from, its last 4 characters."""
+    try:
+        key = load_api_key()
+    except ConfigError:
+        return {"set": False, "source": None, "last4": ""}
+    source = "env" if key.source.startswith("the environment") else "file"
+    return {"set": True, "source": source, "last4": key.last4}
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_api_key(value: str) -> None:
+    """Store the key in the key file (owner-readable only), replacing any older one atomically."""
+    ApiKey(value, "the settings dialog")  # same checks as on load
+    _atomic_write(key_file_path(), value.strip().encode("utf-8"), 0o600)
+
+
+def delete_api_key() -> bool:
+    try:
+        key_file_path().unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Client settings; env > settings file > default."""
+
+    api_base: str = DEFAULT_API_BASE
+    timeout_s: float = 1800.0  # overall wait for one task
+    max_download_bytes: int = 4 * 1024**3
+    upload_max_age_s: float = 24 * 3600.0  # used by the upload cache (journal)
+    concurrency: int = 2  # batch jobs in flight; the provider's lowest account level allows 2
+
+
+def load_settings() -> Settings:
+    path = settings_file_path()
+    raw: dict = {}
+    if path.exists():
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"Cannot read settings file {path}: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"Settings file {path} must hold a JSON object.")
+    fields = Settings.__dataclass_fields__
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"Settings file {path}: unknown setting {unknown[0]!r}; "
+                          f"known: {', '.join(fields)}")
+    values = {}
+    for name, value in raw.items():
+        want = type(getattr(Settings, name))
+        if isinstance(value, bool) or not isinstance(value, (want, int) if want is float else want):
+            raise ConfigError(f"Settings file {path}: {name} must be a {want.__name__}")
+        values[name] = want(value)
+    env_base = os.environ.get(BASE_ENV, "").strip()
+    if env_base:
+        values["api_base"] = env_base
+    env_timeout = os.environ.get("HUNYUANCUSTOM_TIMEOUT", "").strip()
+    if env_timeout:
+        try:
+            values["timeout_s"] = float(env_timeout)
+        except ValueError:
+            raise ConfigError("HUNYUANCUSTOM_TIMEOUT must be a number of seconds") from None
+    settings = Settings(**values)
+    if not settings.api_base.startswith(("http://", "https://")):
+        raise ConfigError(f"api_base must be an http(s) URL, got {settings.api_base!r}")
+    if settings.timeout_s <= 0:
+        raise ConfigError("timeout_s must be positive")
+    return Settings(**{**settings.__dict__, "api_base": settings.api_base.rstrip("/")})

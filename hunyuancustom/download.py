@@ -1,0 +1,119 @@
+"""Download a result: streamed, size-capped, retried, cancellable, written atomically.
+
+The file appears at its final path only once it is complete, flushed to disk and known to
+decode; until then it lives under a hidden `.part` name that is removed on any failure.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import requests
+
+from .errors import DownloadError, OutputExpiredError
+from .progress import NullReporter, Reporter, run_cancellable, sleep
+from .video import VideoInfo, probe
+
+CHUNK = 1 << 20
+_GONE = {401, 403, 404, 410}
+
+
+def download_video(
+    session: requests.Session,
+    url: str,
+    dest: Path,
+    *,
+    max_bytes: int,
+    reporter: Reporter | None = None,
+    attempts: int = 3,
+    timeout: tuple[float, float] = (10.0, 60.0),
+    task_id: str | None = None,
+) -> VideoInfo:
+    """Fetch `url` to `dest` and return the video's info; `dest` is complete or absent."""
+    reporter = reporter or NullReporter()
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    for attempt in range(attempts):
+        reporter.check_interrupt()
+        try:
+            return run_cancellable(
+                lambda cancel: _fetch_once(session, url, dest, max_bytes, reporter, cancel,
+                                           timeout, task_id),
+                reporter,
+            )
+        except (requests.ConnectionError, requests.Timeout, _Truncated, _ServerSide) as e:
+            last = e
+            if attempt + 1 < attempts:
+                reporter.status(f"Download interrupted; retrying ({attempt + 2}/{attempts})")
+                sleep(min(8.0, 1.0 * 2 ** attempt), reporter)
+    raise DownloadError(f"Could not download the output after {attempts} tries "
+                        f"({type(last).__name__}: {last}).", task_id=task_id)
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _ServerSide(Exception):
+    pass
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: threading.Event,
+                timeout, task_id) -> VideoInfo:
+    # The output URL is a plain CDN link: no Authorization header is sent to it.
+    with session.get(url, stream=True, timeout=timeout, auth=_NoAuth()) as resp:
+        if resp.status_code in _GONE:
+            raise OutputExpiredError(
+                f"The output URL answered HTTP {resp.status_code}: it has expired or was removed "
+                "(the provider keeps outputs for about 7 days).", status=resp.status_code,
+                task_id=task_id)
+        if resp.status_code >= 500:
+            raise _ServerSide(f"HTTP {resp.status_code}")
+        if resp.status_code != 200:
+            raise DownloadError(f"The output URL answered HTTP {resp.status_code}.",
+                                status=resp.status_code, task_id=task_id)
+        expected = int(resp.headers.get("Content-Length") or 0) or None
+        if expected and expected > max_bytes:
+            raise DownloadError(f"The output is {expected} bytes, over the {max_bytes}-byte cap "
+                                "(setting max_download_bytes).", task_id=task_id)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        try:
+            got = 0
+            with os.fdopen(fd, "wb") as f:
+                for chunk in resp.iter_content(CHUNK):
+                    if cancel.is_set():
+                        raise _Cancelled()
+                    got += len(chunk)
+                    if got > max_bytes:
+                        raise DownloadError(f"The output exceeded the {max_bytes}-byte cap "
+                                            "(setting max_download_bytes).", task_id=task_id)
+                    f.write(chunk)
+                    if expected:
+                        reporter.progress(0.9 + 0.1 * got / expected)
+                f.flush()
+                os.fsync(f.fileno())
+            if expected is not None and got != expected:
+                raise _Truncated(f"got {got} of {expected} bytes")
+            info = probe(tmp)  # a file that does not decode never reaches its final name
+            os.replace(tmp, dest)
+            return info
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+
+class _NoAuth(requests.auth.AuthBase):
+    def __call__(self, r):
+        r.headers.pop("Authorization", None)
+        return r

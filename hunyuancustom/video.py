@@ -1,0 +1,120 @@
+"""Video and image I/O on imageio's ffmpeg backend: probe, decode to an IMAGE tensor, PNG encode.
+
+Decoding fills one preallocated float32 [N, H, W, 3] tensor frame by frame, so the peak memory
+is the result plus one raw frame (core's PyAV path keeps every frame twice on the way).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import numpy as np
+import torch
+
+from .errors import DownloadError, ValidationError
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int
+    fps: float
+    width: int
+    height: int
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Frame count (exact: counted by stream copy, no decode), fps and size of a video file."""
+    path = str(path)
+    try:
+        gen = imageio_ffmpeg.read_frames(path)
+        meta = next(gen)
+        gen.close()
+        frames, _secs = imageio_ffmpeg.count_frames_and_secs(path)
+    except (OSError, RuntimeError, StopIteration) as e:
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        raise DownloadError(f"Not a readable video: {Path(path).name} ({first_line})") from None
+    width, height = meta["size"]
+    if frames <= 0:
+        raise DownloadError(f"The video {Path(path).name} has no frames.")
+    return VideoInfo(frames=int(frames), fps=float(meta.get("fps") or 0.0), width=int(width),
+                     height=int(height))
+
+
+def decode_frames(path: str | Path, info: VideoInfo | None = None) -> tuple[torch.Tensor, float]:
+    """Decode all frames into one float32 [N, H, W, 3] tensor in 0..1; return it and the fps."""
+    info = info or probe(path)
+    out = torch.empty((info.frames, info.height, info.width, 3), dtype=torch.float32)
+    frame_bytes = info.width * info.height * 3
+    n = 0
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        next(gen)  # metadata
+        for raw in gen:
+            if len(raw) != frame_bytes:
+                raise DownloadError(f"Frame {n} of {Path(path).name} has the wrong size.")
+            if n == out.shape[0]:  # the container under-reported its length: grow (rare)
+                out = torch.cat([out, torch.empty_like(out[: max(1, n // 4)])])
+            frame = torch.frombuffer(raw, dtype=torch.uint8).view(info.height, info.width, 3)
+            out[n].copy_(frame).mul_(1.0 / 255.0)
+            n += 1
+    finally:
+        gen.close()
+    if n == 0:
+        raise DownloadError(f"The video {Path(path).name} decoded to no frames.")
+    return out[:n], info.fps
+
+
+def select_image(image: torch.Tensor, index: int, field: str = "image") -> torch.Tensor:
+    """Pick one [H, W, C] image from a ComfyUI IMAGE batch, refusing ambiguous batches."""
+    if not isinstance(image, torch.Tensor):
+        raise ValidationError(field, f"must be an IMAGE tensor, got {type(image).__name__}")
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    if image.dim() != 4 or image.shape[-1] not in (3, 4):
+        raise ValidationError(field, f"must be an IMAGE [batch, height, width, 3], got shape "
+                                     f"{list(image.shape)}")
+    batch = image.shape[0]
+    if batch == 0:
+        raise ValidationError(field, "the image batch is empty")
+    if index < 0:
+        if batch > 1:
+            raise ValidationError(field, f"got a batch of {batch} images; set image_index to "
+                                         f"0..{batch - 1} to choose one, or pass a single image")
+        index = 0
+    if index >= batch:
+        raise ValidationError("image_index", f"{index} is out of range for a batch of {batch} "
+                                             f"images; allowed: 0..{batch - 1} (or -1 for a single image)")
+    h, w = image.shape[1], image.shape[2]
+    if h < 16 or w < 16:
+        raise ValidationError(field, f"is {w}x{h} pixels; at least 16x16 is needed")
+    picked = image[index]
+    if not torch.isfinite(picked).all():
+        raise ValidationError(field, "contains NaN or infinite values")
+    return picked
+
+
+def image_to_png(image_hwc: torch.Tensor) -> bytes:
+    """[H, W, 3|4] float 0..1 -> PNG bytes (alpha is composited on white, as the model pads)."""
+    x = image_hwc.detach().to("cpu", torch.float32).clamp(0, 1)
+    if x.shape[-1] == 4:
+        rgb, a = x[..., :3], x[..., 3:]
+        x = rgb * a + (1 - a)
+    arr = (x * 255.0 + 0.5).to(torch.uint8).numpy()
+    return iio.imwrite("<bytes>", np.ascontiguousarray(arr), extension=".png")
+
+
+def read_image_file(path: str | Path) -> bytes:
+    """Bytes of an image file after checking that it decodes (a clear error if not)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+        iio.imread(io.BytesIO(data))
+    except FileNotFoundError:
+        raise ValidationError("image", f"file not found: {p}") from None
+    except Exception as e:  # imageio raises several types for undecodable input
+        raise ValidationError("image", f"{p} is not a readable image ({type(e).__name__})") from None
+    return data
