@@ -24,6 +24,7 @@ import urllib3
 
 from . import __version__
 from .config import ApiKey, how_to_set_key
+from .download import download_video
 from .errors import (
     ApiError,
     AuthError,
@@ -77,6 +78,17 @@ class PollSchedule:
             return self.initial_s
         grown = (elapsed_s - self.fast_period_s) / self.ramp_s
         return min(self.max_interval_s, self.initial_s + grown * (self.max_interval_s - self.initial_s))
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Everything about how the client waits, in one object a job can pass through."""
+
+    timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
+    schedule: PollSchedule = PollSchedule()
+    # sleep_fn(seconds, on_tick=None); None = sleep in ticks, honouring Cancel. Tests record here.
+    sleep_fn: Callable[..., None] | None = None
 
 
 class _BearerAuth(requests.auth.AuthBase):
@@ -141,21 +153,18 @@ class WaveSpeedClient:
         api_base: str,
         *,
         reporter: Reporter | None = None,
-        timeouts: Timeouts = Timeouts(),
-        retry: RetryPolicy = RetryPolicy(),
-        schedule: PollSchedule = PollSchedule(),
-        sleep_fn: Callable[..., None] | None = None,
+        options: ClientOptions = ClientOptions(),
     ):
         self.api_base = api_base.rstrip("/")
         self.reporter = reporter or NullReporter()
-        self.timeouts = timeouts
-        self.retry = retry
-        self.schedule = schedule
+        self.timeouts = options.timeouts
+        self.retry = options.retry
+        self.schedule = options.schedule
+        sleep_fn = options.sleep_fn
         self.session = requests.Session()
         self.session.auth = _BearerAuth(api_key)
         self.session.headers["User-Agent"] = f"ComfyUI-HunyuanCustom/{__version__}"
-        # sleep_fn(seconds, on_tick=None): tests pass a recorder; the default sleeps in short
-        # ticks, honours Cancel and calls on_tick about once a second (live elapsed time).
+        # The default sleeps in short ticks, honours Cancel and calls on_tick about once a second.
         self._sleep = sleep_fn or (lambda s, on_tick=None: sleep(s, self.reporter, on_tick))
         self.requests_made = 0
 
@@ -294,6 +303,12 @@ class WaveSpeedClient:
             # Same error, with the task id the user needs to find or resume the task.
             raise type(e)(str(e), status=e.status, task_id=task_id) from None
 
+    def download(self, url: str, dest, *, max_bytes: int, task_id: str | None = None):
+        """Stream an output to `dest` atomically (see download.py); return its VideoInfo."""
+        return download_video(self.session, url, dest, max_bytes=max_bytes, reporter=self.reporter,
+                              task_id=task_id, backoff=self.retry.backoff, sleep_fn=self._sleep,
+                              timeout=(self.timeouts.connect_s, max(60.0, self.timeouts.read_s)))
+
     def wait(self, task_id: str, *, timeout_s: float,
              on_update: Callable[[Prediction, float], None] | None = None) -> Prediction:
         """Poll until the task completes; raise TaskFailedError/TaskTimeoutError otherwise."""
@@ -319,4 +334,4 @@ class WaveSpeedClient:
             self._sleep(interval, tick)
 
 
-__all__ = ["WaveSpeedClient", "Timeouts", "RetryPolicy", "PollSchedule", "PENDING"]
+__all__ = ["WaveSpeedClient", "ClientOptions", "Timeouts", "RetryPolicy", "PollSchedule", "PENDING"]

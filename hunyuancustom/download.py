@@ -10,6 +10,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -31,9 +32,12 @@ def download_video(
     attempts: int = 3,
     timeout: tuple[float, float] = (10.0, 60.0),
     task_id: str | None = None,
+    backoff: Callable[[int], float] = lambda attempt: min(8.0, 2.0**attempt),
+    sleep_fn: Callable[[float], None] | None = None,
 ) -> VideoInfo:
     """Fetch `url` to `dest` and return the video's info; `dest` is complete or absent."""
     reporter = reporter or NullReporter()
+    sleep_fn = sleep_fn or (lambda s: sleep(s, reporter))
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
@@ -49,7 +53,7 @@ def download_video(
             last = e
             if attempt + 1 < attempts:
                 reporter.status(f"Download interrupted; retrying ({attempt + 2}/{attempts})")
-                sleep(min(8.0, 1.0 * 2 ** attempt), reporter)
+                sleep_fn(backoff(attempt))
     raise DownloadError(f"Could not download the output after {attempts} tries "
                         f"({type(last).__name__}: {last}).", task_id=task_id)
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from .client import PollSchedule, WaveSpeedClient
+from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings
-from .download import download_video
 from .errors import ApiError, NSFWError, ValidationError
 from .params import CloudModel, validate_request
 from .prediction import Prediction
@@ -73,7 +72,7 @@ def run_ref2v(
     settings: Settings | None = None,
     api_key: ApiKey | None = None,
     decode: bool = True,
-    schedule: PollSchedule | None = None,
+    options: ClientOptions | None = None,
 ) -> Ref2VResult:
     reporter = reporter or NullReporter()
     # 1. Every check that needs no network, in the order a user would fix them.
@@ -83,7 +82,7 @@ def run_ref2v(
     reporter.check_interrupt()
 
     with WaveSpeedClient(api_key, settings.api_base, reporter=reporter,
-                         schedule=schedule or PollSchedule()) as client:
+                         options=options or ClientOptions()) as client:
         # 2. Upload the reference (a retried GET-like call: an upload bills nothing).
         if image.png is not None:
             reporter.status("Uploading reference image")
@@ -112,8 +111,7 @@ def run_ref2v(
             raise ApiError("The task completed without an output video.", task_id=pred.id)
         url = pred.outputs[0]
         reporter.status(("NSFW flagged · " if pred.nsfw else "") + "Downloading video")
-        info = download_video(client.session, url, dest, max_bytes=settings.max_download_bytes,
-                              reporter=reporter, task_id=pred.id)
+        info = client.download(url, dest, max_bytes=settings.max_download_bytes, task_id=pred.id)
 
     frames = None
     if decode:
