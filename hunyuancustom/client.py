@@ -294,8 +294,8 @@ class WaveSpeedClient:
                                          "WaveSpeedAI dashboard before running again.") from None
 
     def result(self, task_id: str) -> Prediction:
-        resp = self._send("GET", f"{self.api_base}/predictions/{task_id}/result", idempotent=True)
         try:
+            resp = self._send("GET", f"{self.api_base}/predictions/{task_id}/result", idempotent=True)
             return parse_prediction(self._json(resp))
         except ApiError as e:
             if e.task_id:

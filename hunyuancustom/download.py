@@ -49,7 +49,8 @@ def download_video(
                                            timeout, task_id),
                 reporter,
             )
-        except (requests.ConnectionError, requests.Timeout, _Truncated, _ServerSide) as e:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                _Truncated, _ServerSide) as e:
             last = e
             if attempt + 1 < attempts:
                 reporter.status(f"Download interrupted; retrying ({attempt + 2}/{attempts})")

@@ -7,6 +7,7 @@ is the result plus one raw frame (core's PyAV path keeps every frame twice on th
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def decode_frames(path: str | Path, info: VideoInfo | None = None) -> tuple[torc
     n = 0
     gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     try:
+        # The raw frames are read-only bytes; torch warns about wrapping them, but we only read.
+        warnings.filterwarnings("ignore", "The given buffer is not writable", UserWarning)
         next(gen)  # metadata
         for raw in gen:
             if len(raw) != frame_bytes:
@@ -112,7 +115,7 @@ def read_image_file(path: str | Path) -> bytes:
     p = Path(path)
     try:
         data = p.read_bytes()
-        iio.imread(io.BytesIO(data))
+        iio.imread(io.BytesIO(data), plugin="pillow")
     except FileNotFoundError:
         raise ValidationError("image", f"file not found: {p}") from None
     except Exception as e:  # imageio raises several types for undecodable input

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import folder_paths
@@ -59,13 +58,14 @@ class _CloudRef2V(io.ComfyNode):
             ],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
-            is_api_node=True,
         )
 
     @classmethod
     def fingerprint_inputs(cls, seed=-1, **kwargs):
         # seed -1 asks the provider for a new video every run: never reuse a cached result.
-        return math.nan if seed == -1 else seed
+        # A fresh NaN object each call (math.nan is one shared object and compares equal to itself
+        # inside ComfyUI's cache keys).
+        return float("nan") if seed == -1 else seed
 
     @classmethod
     def execute(cls, image, prompt, negative_prompt, size, guidance_scale, flow_shift, seed,

@@ -1,0 +1,155 @@
+"""The cloud node inside a real ComfyUI (COMFYUI_PATH), talking to the loopback API server.
+
+LoadImage -> HunyuanCustom Ref2V (Cloud 720p) -> SaveVideo runs through /prompt; the saved MP4
+shows up in /history; widgets come from the parameter table; ComfyUI's cache and Cancel behave;
+the key appears nowhere a user could share.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from comfyui_harness import comfyui_path, execution_error, requires_comfyui, running_comfyui, skip_reason
+from hunyuancustom.params import REF2V_480P, REF2V_720P
+from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from hunyuancustom.video import decode_frames
+from workflow_check import check_ui_workflow
+
+pytestmark = requires_comfyui
+
+SECRET = "sk-e2e-SECRET-7f3a"
+REPO = Path(__file__).resolve().parent.parent
+REF_IMAGE = "hunyuancustom_reference.png"
+
+
+@pytest.fixture(scope="module")
+def api():
+    with FakeWaveSpeed(Scenario(api_key=SECRET)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def comfy(api, tmp_path_factory):
+    if comfyui_path() is None:
+        pytest.skip(skip_reason)
+    base = tmp_path_factory.mktemp("comfy-cloud")
+    with running_comfyui(base, {"WAVESPEED_API_BASE": api.base_url}) as server:
+        # The key reaches ComfyUI only through the pack's key file, as the Settings dialog stores it.
+        (server.data_dir / "api_key").write_text(SECRET)
+        # As the README tells users: the sample reference goes into ComfyUI/input.
+        shutil.copy(REPO / "example_workflows" / REF_IMAGE, server.input_dir / REF_IMAGE)
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def fresh_api(api):
+    api.set_scenario(Scenario(api_key=SECRET, processing_polls=2))
+    api.reset()
+
+
+def graph(seed=77, prompt="The person waves hello.", **widgets):
+    node = {"image": ["1", 0], "prompt": prompt, "negative_prompt": "", "size": "720*1280",
+            "guidance_scale": 6.0, "flow_shift": 9.5, "seed": seed, "enable_safety_checker": True}
+    node.update(widgets)
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": REF_IMAGE}},
+        "2": {"class_type": "HunyuanCustomCloudRef2V720p", "inputs": node},
+        "3": {"class_type": "SaveVideo", "inputs": {"video": ["2", 0], "filename_prefix": "video/e2e",
+                                                   "format": "auto", "codec": "auto"}},
+    }
+
+
+def test_widgets_come_from_the_parameter_table(comfy):
+    info = comfy.object_info()
+    for model in (REF2V_720P, REF2V_480P):
+        node = info[f"HunyuanCustomCloudRef2V{model.label}"]
+        req = node["input"]["required"]
+        assert node["output"] == ["VIDEO", "IMAGE", "FLOAT", "STRING", "STRING"]
+        for name in ("guidance_scale", "flow_shift", "seed"):
+            p, opts = model.param(name), req[name][1]
+            assert (opts["min"], opts["max"], opts["default"]) == (p.minimum, p.maximum, p.default)
+        assert req["seed"][1]["control_after_generate"] is True
+        sizes = req["size"][1].get("options") or req["size"][0]
+        assert list(sizes) == list(model.sizes)
+        assert req["enable_safety_checker"][1]["default"] is True
+        assert "image_index" in node["input"]["optional"]
+        # No widget can hold a key.
+        assert not any("key" in name for section in node["input"].values() for name in section)
+
+
+def test_example_workflows_load_without_missing_nodes_or_widgets(comfy):
+    info = comfy.object_info()
+    for path in sorted((REPO / "example_workflows").glob("*.json")):
+        problems = check_ui_workflow(json.loads(path.read_text()), info)
+        assert not problems, f"{path.name}: {problems}"
+
+
+def test_graph_runs_and_saves_the_video(comfy, api):
+    entry = comfy.wait(comfy.queue(graph()), timeout=120)
+    outputs = entry["outputs"]
+    saved = outputs["3"]["images"][0]
+    assert saved["filename"].endswith(".mp4") and saved["type"] == "output"
+    video = comfy.output_dir / saved["subfolder"] / saved["filename"]
+    frames, fps = decode_frames(video)
+    assert frames.shape[0] > 1 and fps > 0
+    # The node previews its own copy of the result and reports the task.
+    own = outputs["2"]["images"][0]
+    assert own["subfolder"].startswith("hunyuancustom")
+    assert (comfy.output_dir / own["subfolder"] / own["filename"]).exists()
+    info = outputs["2"]["hunyuancustom"][0]
+    assert info["status"] == "completed" and info["task_id"] in api.task_ids()
+    # What reached the API is exactly what the widgets said.
+    body = next(r.json for r in api.requests if r.method == "POST" and "/wavespeed-ai/" in r.path)
+    sent = (body["size"], body["guidance_scale"], body["flow_shift"], body["seed"])
+    assert sent == ("720*1280", 6.0, 9.5, 77)
+    assert api.stats()["submits"] == 1 and api.stats()["uploads"] == 1
+
+    # The key is nowhere a user could share or read.
+    assert SECRET not in json.dumps(entry)
+    assert SECRET not in json.dumps(comfy.object_info())
+    assert SECRET.encode() not in video.read_bytes()
+    assert SECRET not in comfy.log_text()
+
+
+def test_unchanged_graph_with_fixed_seed_is_not_billed_again(comfy, api):
+    comfy.wait(comfy.queue(graph(seed=501)))
+    comfy.wait(comfy.queue(graph(seed=501)))
+    assert api.stats()["submits"] == 1  # ComfyUI reused the node's result
+    comfy.wait(comfy.queue(graph(seed=-1)))
+    comfy.wait(comfy.queue(graph(seed=-1)))
+    assert api.stats()["submits"] == 3  # seed -1: a new video every run
+
+
+def test_bad_input_fails_before_any_request_with_the_field_named(comfy, api):
+    entry = comfy.wait(comfy.queue(graph(prompt="   ")), raise_on_error=False)
+    err = execution_error(entry)
+    assert err and err["exception_message"].startswith("prompt: must not be empty")
+    assert api.requests == []
+
+
+def test_provider_failure_is_shown_with_the_task_id(comfy, api):
+    api.set_scenario(Scenario(api_key=SECRET, processing_polls=1, fail_error="worker lost"))
+    entry = comfy.wait(comfy.queue(graph(seed=9)), raise_on_error=False)
+    err = execution_error(entry)
+    assert "worker lost" in err["exception_message"]
+    assert api.task_ids()[0] in err["exception_message"]
+
+
+def test_cancel_stops_the_wait_within_about_a_second(comfy, api):
+    api.set_scenario(Scenario(api_key=SECRET, processing_polls=100_000))
+    prompt_id = comfy.queue(graph(seed=10))
+    deadline = time.monotonic() + 60
+    while api.stats()["result_gets"] < 2:  # the node is polling
+        assert time.monotonic() < deadline, comfy.log_tail()
+        time.sleep(0.05)
+    pressed = time.monotonic()
+    comfy.interrupt()
+    entry = comfy.wait(prompt_id, timeout=30, raise_on_error=False)
+    assert time.monotonic() - pressed < 3.0  # includes the harness's 0.2 s history polling
+    assert any(event == "execution_interrupted" for event, _ in entry["status"]["messages"])
+    assert api.stats()["submits"] == 1
