@@ -16,6 +16,7 @@ from typing import Callable, Protocol, TypeVar
 T = TypeVar("T")
 
 TICK_S = 0.1  # how often a wait checks for Cancel
+CLEANUP_S = 0.5  # how long a cancelled wait gives its worker to clean up
 
 
 class Reporter(Protocol):
@@ -105,16 +106,17 @@ def run_cancellable(fn: Callable[[threading.Event], T], reporter: Reporter,
     worker = threading.Thread(target=target, name="hunyuancustom-io", daemon=True)
     worker.start()
     next_tick = time.monotonic() + 1.0
-    while worker.is_alive():
-        try:
+    try:
+        while worker.is_alive():
             reporter.check_interrupt()
-        except BaseException:
-            cancel.set()
-            raise
-        worker.join(TICK_S)
-        if on_tick is not None and time.monotonic() >= next_tick:
-            on_tick()
-            next_tick = time.monotonic() + 1.0
+            worker.join(TICK_S)
+            if on_tick is not None and time.monotonic() >= next_tick:
+                on_tick()
+                next_tick = time.monotonic() + 1.0
+    except BaseException:  # Cancel, Ctrl-C: let the worker drop its partial file, briefly
+        cancel.set()
+        worker.join(CLEANUP_S)
+        raise
     if "error" in box:
         raise box["error"]
     return box["value"]
