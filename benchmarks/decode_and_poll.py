@@ -1,6 +1,7 @@
 """Cloud result path: "task completed" -> IMAGE tensor, beside core's PyAV way; and polling cost.
 
-    python benchmarks/decode_and_poll.py [--frames 129] [--size 1280x720] [--skip-polling]
+    python benchmarks/decode_and_poll.py [--frames 129] [--size 1280x720] [--content both]
+                                         [--skip-polling]
 
 Part 1 serves a real 129-frame 1280x720 H.264 MP4 from the loopback API server and measures, in a
 fresh subprocess each (so peak RSS is that method's alone):
@@ -89,12 +90,38 @@ def child(method: str, url: str, out_dir: str) -> None:
                       "tensor_mb": tensor_mb, "peak_extra_mb": peak_mb() - base}))
 
 
-def part1(frames: int, width: int, height: int, repeats: int) -> None:
+def make_textured_video(path: Path, frames: int, width: int, height: int) -> None:
+    """Film-like content: a random texture panning a few pixels a frame plus fresh grain in every
+    frame, so the encoder spends a realistic bitrate (the flat test pattern, or a pure pan, compresses
+    to almost nothing)."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (height // 4, (width + 4 * frames) // 4 + 1, 3), dtype=np.uint8)
+    base = base.repeat(4, axis=0).repeat(4, axis=1)  # 4x4 grain: detail without pure noise
+    writer = imageio.get_writer(str(path), format="FFMPEG", mode="I", fps=25, codec="libx264",
+                                pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+                                output_params=["-crf", "20"])
+    try:
+        for i in range(frames):
+            frame = base[:height, 4 * i : 4 * i + width].astype(np.int16)
+            frame += rng.integers(-16, 17, frame.shape, dtype=np.int16)
+            writer.append_data(frame.clip(0, 255).astype(np.uint8))
+    finally:
+        writer.close()
+
+
+def part1(frames: int, width: int, height: int, repeats: int, textured: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "result.mp4"
         t = time.perf_counter()
-        make_test_video(video, frames=frames, width=width, height=height, fps=25)
-        print(f"test video: {frames} frames {width}x{height} H.264, "
+        if textured:
+            make_textured_video(video, frames, width, height)
+        else:
+            make_test_video(video, frames=frames, width=width, height=height, fps=25)
+        print(f"test video ({'textured' if textured else 'flat pattern'}): {frames} frames "
+              f"{width}x{height} H.264, "
               f"{video.stat().st_size / 2**20:.1f} MiB (made in {time.perf_counter() - t:.1f} s)")
         with FakeWaveSpeed(Scenario(api_key=KEY, video_path=str(video))) as api:
             client = WaveSpeedClient(ApiKey(KEY, "bench"), api.base_url)
@@ -174,9 +201,12 @@ def main() -> None:
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-polling", action="store_true")
+    ap.add_argument("--content", choices=("flat", "textured", "both"), default="both",
+                    help="flat test pattern (tiny file) and/or textured film-like content")
     args = ap.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    part1(args.frames, width, height, args.repeats)
+    for content in (("flat", "textured") if args.content == "both" else (args.content,)):
+        part1(args.frames, width, height, args.repeats, textured=content == "textured")
     if not args.skip_polling:
         part2()
 
