@@ -41,8 +41,10 @@ def comfy(api, tmp_path_factory):
     with running_comfyui(base, {"WAVESPEED_API_BASE": api.base_url}) as server:
         # The key reaches ComfyUI only through the pack's key file, as the Settings dialog stores it.
         (server.data_dir / "api_key").write_text(SECRET)
-        # As the README tells users: the sample reference goes into ComfyUI/input.
-        shutil.copy(REPO / "example_workflows" / REF_IMAGE, server.input_dir / REF_IMAGE)
+        # As the README tells users: the sample inputs go into ComfyUI/input.
+        for asset in (REPO / "example_workflows").iterdir():
+            if asset.suffix != ".json":
+                shutil.copy(asset, server.input_dir / asset.name)
         yield server
 
 
