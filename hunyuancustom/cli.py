@@ -1,9 +1,13 @@
 """Command line for the same jobs the nodes run.
 
     python -m hunyuancustom ref2v --image ref.png --prompt "..." -o out.mp4
+    python -m hunyuancustom batch jobs.jsonl -o videos/ --concurrency 2
+    python -m hunyuancustom jobs [--status S] | jobs show ID
 
 Flags are generated from the parameter table (params.py), so they always match the nodes.
-Exit codes: 0 done, 1 the job failed, 2 bad input, 130 cancelled.
+Every job is recorded in the job journal (journal.py): rerunning a command resumes its pending
+task or returns its saved video instead of paying again (`--force-new` submits anyway).
+Exit codes: 0 done (every job of a batch), 1 a job failed, 2 bad input, 130 cancelled.
 """
 
 from __future__ import annotations
@@ -59,8 +63,87 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--api-base", default=None, help="API root (default: WAVESPEED_API_BASE or "
                                                     "settings, else https://api.wavespeed.ai/api/v2)")
     r.add_argument("--json", action="store_true", help="print the result info as JSON on stdout")
+    _add_force_new(r)
     r.set_defaults(handler=cmd_ref2v)
+
+    b = sub.add_parser(
+        "batch", help="run many ref2v jobs from a JSON Lines file, a few at a time",
+        description="One JSON object per line with the same fields as the ref2v command (image, "
+                    "prompt, negative_prompt, size, guidance_scale, flow_shift, seed, "
+                    "enable_safety_checker, model) and optionally output (MP4 path, relative to "
+                    "--output-dir). Relative image paths are relative to the jobs file. Blank "
+                    "lines and lines starting with # are skipped. Running an interrupted or "
+                    "partly failed batch again resumes it without paying twice.")
+    b.add_argument("jobs_file", type=Path, help="the .jsonl file")
+    b.add_argument("-o", "--output-dir", type=Path, default=None,
+                   help="folder for the MP4s (default: <jobs file name>_videos beside it); "
+                        "job N is written to NNN.mp4 unless its line names an output")
+    b.add_argument("--model", default="720p", choices=sorted(CLOUD_MODELS),
+                   help="hosted model for lines that name none")
+    b.add_argument("--concurrency", type=int, default=None,
+                   help="jobs in flight at once (default: setting concurrency, 2; the provider's "
+                        "lowest account level allows 2)")
+    b.add_argument("--timeout", type=float, default=None, help="seconds to wait for each task")
+    b.add_argument("--api-base", default=None, help="API root (as for ref2v)")
+    b.add_argument("--json", action="store_true", help="print the batch summary as JSON on stdout")
+    _add_force_new(b)
+    b.set_defaults(handler=cmd_batch)
+
+    j = sub.add_parser("jobs", help="list the job journal (every submitted task)",
+                       description="Lists the newest jobs first. `jobs show ID` prints one job "
+                                   "(ID: journal id or task id).")
+    j.add_argument("--status", default=None,
+                   help="only this status (uploading, submitting, uncertain, rejected, created, "
+                        "processing, completed, downloaded, failed, expired, abandoned)")
+    j.add_argument("--model", default=None, help="only models whose id contains this")
+    j.add_argument("--since", default=None,
+                   help="only jobs created since: a date (2026-11-24), or an age (90m, 12h, 7d)")
+    j.add_argument("--limit", type=int, default=50, help="how many rows (0: all; default 50)")
+    j.add_argument("--json", action="store_true", help="JSON instead of a table")
+    j.set_defaults(handler=cmd_jobs)
+    js = j.add_subparsers(dest="jobs_command")
+    show = js.add_parser("show", help="print one job")
+    show.add_argument("id", help="journal id or task id")
+    show.add_argument("--json", action="store_true", help="JSON instead of text")
+    show.set_defaults(handler=cmd_jobs_show)
+    ab = js.add_parser("abandon", help="stop an 'uncertain' job from blocking its request "
+                                       "(after checking the dashboard: the next run submits anew)")
+    ab.add_argument("id", help="journal id or task id")
+    ab.set_defaults(handler=cmd_jobs_abandon)
     return parser
+
+
+def _add_force_new(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force-new", action="store_true",
+                   help="submit a new task even when the journal holds a saved result or a "
+                        "pending task for the same request (you pay again)")
+
+
+def _settings(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from .config import load_settings
+
+    settings = load_settings()
+    if args.api_base:
+        settings = replace(settings, api_base=args.api_base.rstrip("/"))
+    if args.timeout is not None:
+        if not args.timeout > 0:
+            raise ValidationError("timeout", f"must be a positive number of seconds, got {args.timeout}")
+        settings = replace(settings, timeout_s=args.timeout)
+    return settings
+
+
+def _image_input(value: str, base: Path | None = None):
+    from .ref2v import ImageInput
+    from .video import read_image_file
+
+    if value.startswith(("http://", "https://")):
+        return ImageInput(url=value)
+    path = Path(value).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    return ImageInput(png=read_image_file(path), filename=path.name)
 
 
 def _params_from_args(args: argparse.Namespace) -> dict:
@@ -69,34 +152,187 @@ def _params_from_args(args: argparse.Namespace) -> dict:
 
 
 def cmd_ref2v(args: argparse.Namespace, reporter: StderrReporter) -> int:
-    from dataclasses import replace
-
-    from .config import load_settings
-    from .ref2v import ImageInput, run_ref2v
-    from .video import read_image_file
+    from .journal import Journal
+    from .ref2v import run_ref2v
 
     model = model_for(args.model)
-    if args.image.startswith(("http://", "https://")):
-        image = ImageInput(url=args.image)
-    else:
-        image = ImageInput(png=read_image_file(args.image), filename=Path(args.image).name)
-    settings = load_settings()
-    if args.api_base:
-        settings = replace(settings, api_base=args.api_base.rstrip("/"))
-    if args.timeout is not None:
-        if not args.timeout > 0:
-            raise ValidationError("timeout", f"must be a positive number of seconds, got {args.timeout}")
-        settings = replace(settings, timeout_s=args.timeout)
+    image = _image_input(args.image)
+    settings = _settings(args)
     output = args.output
     if output.suffix.lower() != ".mp4":
         raise ValidationError("output", f"must end in .mp4, got {output}")
-    result = run_ref2v(model, image, _params_from_args(args), output, reporter=reporter,
-                       settings=settings, decode=False)
+    with Journal.open_default() as journal:
+        result = run_ref2v(model, image, _params_from_args(args), output, reporter=reporter,
+                           settings=settings, decode=False, journal=journal,
+                           force_new=args.force_new)
     reporter.finish()
+    if "journal_warning" in result.extra:
+        print(f"warning: {result.extra['journal_warning']}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.info(), indent=2))
     else:
         print(result.video_path)
+    return 0
+
+
+# --- batch ------------------------------------------------------------------------------------------
+
+_LINE_ONLY = ("image", "model", "output")
+
+
+def read_jobs_file(path: Path, output_dir: Path, default_model: str) -> list:
+    """Parse and check every line of a jobs file (errors name the line) before anything runs."""
+    from .batch import BatchJob
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValidationError("jobs_file", f"cannot read {path}: {e.strerror or e}") from None
+    jobs, outputs = [], set()
+    known = {p.name for p in REF2V_720P.params} | set(_LINE_ONLY)
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"line {number}"
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise ValidationError(where, f"is not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise ValidationError(where, "must be a JSON object")
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise ValidationError(unknown[0], f"is not a job field ({where}); known: "
+                                              f"{', '.join(sorted(known))}")
+        image = obj.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise ValidationError("image", f"is required: a file path or an http(s) URL ({where})")
+        try:
+            model = model_for(str(obj.get("model", default_model)))
+            img = _image_input(image, base=path.parent)
+        except ValidationError as e:
+            raise ValidationError(e.field, f"{e.problem} ({where})") from None
+        out = obj.get("output") or f"{len(jobs) + 1:03d}.mp4"
+        if not isinstance(out, str) or not out.lower().endswith(".mp4"):
+            raise ValidationError("output", f"must be a path ending in .mp4 ({where})")
+        dest = (output_dir / out).resolve()
+        if dest in outputs:
+            raise ValidationError("output", f"{out} is used by two jobs ({where})")
+        outputs.add(dest)
+        params = {k: v for k, v in obj.items() if k not in _LINE_ONLY}
+        jobs.append(BatchJob(image=img, params=params, dest=dest, model=model, label=where))
+    if not jobs:
+        raise ValidationError("jobs_file", f"{path} holds no jobs (one JSON object per line)")
+    return jobs
+
+
+def cmd_batch(args: argparse.Namespace, reporter: StderrReporter) -> int:
+    from .batch import run_batch
+    from .journal import Journal
+
+    settings = _settings(args)
+    path: Path = args.jobs_file
+    output_dir = args.output_dir or path.with_name(path.stem + "_videos")
+    jobs = read_jobs_file(path, output_dir, args.model)
+    with Journal.open_default() as journal:
+        result = run_batch(jobs, concurrency=args.concurrency, journal=journal, reporter=reporter,
+                           settings=settings, force_new=args.force_new, job_lines=True)
+    reporter.finish()
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for o in result.outcomes:
+            if o.ok:
+                print(f"{o.label}\tdone\t{o.source}\t{o.result.prediction.id}\t{o.result.video_path}")
+            else:
+                print(f"{o.label}\tfailed\t{o.error}")
+    resumed = " (resumed)" if result.resumed else ""
+    print(f"batch {result.batch_id}{resumed}: {summary['done']} of {summary['jobs']} done, "
+          f"{summary['failed']} failed, {summary['elapsed_s']:.1f} s", file=sys.stderr)
+    if "journal_warning" in result.extra:
+        print(f"warning: {result.extra['journal_warning']}", file=sys.stderr)
+    return 0 if result.all_ok else 1
+
+
+# --- jobs -------------------------------------------------------------------------------------------
+
+
+def _since(value: str) -> float:
+    import re
+    import time
+    from datetime import datetime
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", value)
+    if m:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return time.time() - float(m.group(1)) * scale
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise ValidationError("since", f"{value!r} is neither a date (2026-11-24) nor an age "
+                                       "(90m, 12h, 7d)") from None
+
+
+def _local(t: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def cmd_jobs(args: argparse.Namespace, reporter: StderrReporter) -> int:
+    from .journal import Journal
+
+    if args.limit < 0:
+        raise ValidationError("limit", f"must be 0 (all) or more, got {args.limit}")
+    since = _since(args.since) if args.since else None
+    with Journal.open_default() as journal:
+        rows = journal.list(status=args.status, model=args.model, since=since,
+                            limit=args.limit or None)
+    if args.json:
+        print(json.dumps([r.summary() for r in rows], indent=2))
+        return 0
+    if not rows:
+        print("no jobs", file=sys.stderr)
+        return 0
+    print(f"{'id':>5}  {'status':<10}  {'created':<19}  {'inference':>9}  {'task':<32}  output")
+    for r in rows:
+        inference = f"{r.inference_ms / 1000:.1f} s" if r.inference_ms else "-"
+        print(f"{r.id:>5}  {r.status:<10}  {_local(r.created_at):<19}  {inference:>9}  "
+              f"{r.task_id or '-':<32}  {r.output_path or r.error or '-'}")
+    return 0
+
+
+def cmd_jobs_abandon(args: argparse.Namespace, reporter: StderrReporter) -> int:
+    from .journal import ABANDONED, UNCERTAIN, Journal
+
+    with Journal.open_default() as journal:
+        row = journal.get(args.id)
+        if row is None:
+            raise ValidationError("id", f"no job with journal id or task id {args.id!r}")
+        if row.status != UNCERTAIN:
+            raise ValidationError("id", f"job {row.id} is {row.status}; only an uncertain job "
+                                        "can be abandoned")
+        journal.update(row.id, status=ABANDONED)
+    print(f"job {row.id} abandoned: the next identical request is submitted anew", file=sys.stderr)
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace, reporter: StderrReporter) -> int:
+    from .journal import Journal
+
+    with Journal.open_default() as journal:
+        row = journal.get(args.id)
+    if row is None:
+        raise ValidationError("id", f"no job with journal id or task id {args.id!r}")
+    summary = row.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for k, v in summary.items():
+        if k == "request":
+            v = json.dumps(v)
+        print(f"{k:>13}: {'-' if v is None else v}")
     return 0
 
 
@@ -122,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         reporter.finish()
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `... | head`
+        return 0
 
 
 __all__ = ["main", "build_parser", "how_to_set_key"]

@@ -2,12 +2,20 @@
 
 One function, `run_ref2v`, used by the ComfyUI node and the CLI alike:
 validate everything -> load the key -> upload the image -> submit once -> poll -> download -> decode.
-Nothing touches the network before every value has been checked and a key has been found.
+Nothing touches the network before every value has been checked and a key has been found. With a
+job journal (journal.py) the job is recorded before it is waited for, so it can be resumed or
+served from disk instead of paid for again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +24,37 @@ import torch
 
 from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings
-from .errors import ApiError, NSFWError, ValidationError
+from .errors import (
+    ApiError,
+    MalformedResponseError,
+    NSFWError,
+    OutputExpiredError,
+    SubmitUncertainError,
+    TaskFailedError,
+    ValidationError,
+)
+from .journal import (
+    DOWNLOADED,
+    EXPIRED,
+    FAILED,
+    HEARTBEAT_S,
+    PENDING,
+    REJECTED,
+    SUBMITTING,
+    UNCERTAIN,
+    Decision,
+    JobRow,
+    Journal,
+    JournalError,
+    content_ref,
+    fingerprint,
+)
 from .params import CloudModel, validate_request
 from .prediction import Prediction
-from .progress import NullReporter, Reporter
-from .video import decode_frames
+from .progress import NullReporter, Reporter, sleep
+from .video import decode_frames, probe
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,26 +107,133 @@ def run_ref2v(
     api_key: ApiKey | None = None,
     decode: bool = True,
     options: ClientOptions | None = None,
+    journal: Journal | None = None,
+    force_new: bool = False,
+    cache_copy: bool = True,
+    batch: tuple[int, int] | None = None,
 ) -> Ref2VResult:
+    """Run one job. With a `journal` (the node, the CLI and batches pass one) the job is recorded
+    before it is waited for, a pending identical request is resumed instead of resubmitted, a
+    saved result of an identical fixed-seed request is returned without any request, and the
+    uploaded image is reused. `force_new` submits a new task whatever the journal holds.
+    `cache_copy=False` returns a cached video at its saved path instead of copying it to `dest`.
+    `batch` = (batch id, index) lets an interrupted batch find its own jobs again."""
     reporter = reporter or NullReporter()
+    dest = Path(dest)
     # 1. Every check that needs no network, in the order a user would fix them.
     body = validate_request(model, {**params, "image": image.url or "https://placeholder.invalid/"})
     settings = settings or load_settings()
+    if journal is None:
+        api_key = api_key or load_api_key()
+        reporter.check_interrupt()
+        return _run(model, image, body, dest, reporter, settings, api_key, decode, options, None)
+
+    image_ref = content_ref(image.png) if image.png is not None else "url:" + str(image.url)
+    fp, request = fingerprint(model.model_id, body, image_ref)
+    seed = body["seed"]
+    # A saved result needs neither the key nor the network.
+    if not force_new and seed != -1:
+        row = journal.peek_cached(fp)
+        if row is not None:
+            return _from_cache(row, dest, decode, cache_copy, reporter)
     api_key = api_key or load_api_key()
     reporter.check_interrupt()
+    while True:
+        decision = _decide(journal, fp, model, request, image_ref, seed, force_new, batch, reporter)
+        if decision.kind == "cached":
+            return _from_cache(decision.row, dest, decode, cache_copy, reporter)
+        job = _Job(journal, decision.row, resumed=decision.kind == "resume")
+        try:
+            return _run(model, image, body, dest, reporter, settings, api_key, decode, options, job)
+        except _TaskGone:
+            continue  # that task no longer exists: nothing to pay twice for, decide again
+        finally:
+            job.release()
 
+
+class _TaskGone(Exception):
+    """A task recorded as pending is unknown to the provider (404): it can never be resumed."""
+
+
+def _decide(journal: Journal, fp: str, model: CloudModel, request: str, image_ref: str, seed: int,
+            force_new: bool, batch: tuple[int, int] | None, reporter: Reporter) -> Decision:
+    while True:
+        decision = journal.acquire(fp, model=model.model_id, request=request, image_ref=image_ref,
+                                   seed=seed, force_new=force_new, batch=batch)
+        if decision.kind == "uncertain":
+            raise SubmitUncertainError(_uncertain_message(decision.row, journal))
+        if decision.kind != "busy":
+            return decision
+        # The same fixed-seed request is running in another job: its result will serve this one.
+        other = decision.row
+        reporter.status(f"Waiting for the identical job {other.id} already running"
+                        + (f" (task {other.task_id})" if other.task_id else ""))
+        sleep(1.0, reporter)
+
+
+def _uncertain_message(row: JobRow, journal: Journal) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.updated_at))
+    return (f"An earlier submit of this same request (journal job {row.id}, {when}) may or may not "
+            f"have created a task: {row.error or 'its answer was lost'} To avoid paying twice it was "
+            "not submitted again. Check your WaveSpeedAI dashboard; to submit anyway, turn on "
+            f"'force new' (CLI: --force-new). Journal: {journal.path}")
+
+
+class _Job:
+    """The journal row of a running job. Writes before the submit must succeed; writes after it
+    are best effort, because by then the task is paid for and its video matters more."""
+
+    def __init__(self, journal: Journal, row: JobRow, resumed: bool):
+        self.journal = journal
+        self.row = row
+        self.resumed = resumed
+        self.held = True
+        self.warnings: list[str] = []
+        self._beat = time.monotonic()
+        self._status = row.status
+
+    def note(self, release: bool = False, **values: Any) -> None:
+        try:
+            self.journal.update(self.row.id, release=release, **values)
+            if release:
+                self.held = False
+        except JournalError as e:
+            if str(e) not in self.warnings:
+                self.warnings.append(str(e))
+                log.warning("[HunyuanCustom] %s", e)
+
+    def pending(self, pred: Prediction) -> None:
+        """Record a poll answer: on a status change, and as a heartbeat now and then."""
+        status = pred.status if pred.status in PENDING else self._status
+        if status != self._status or time.monotonic() - self._beat > HEARTBEAT_S:
+            self._status = status
+            self._beat = time.monotonic()
+            self.note(status=status)
+
+    def release(self) -> None:
+        if self.held:
+            self.note(release=True)
+            self.held = False
+
+
+def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path, reporter: Reporter,
+         settings: Settings, api_key: ApiKey, decode: bool, options: ClientOptions | None,
+         job: _Job | None) -> Ref2VResult:
     with WaveSpeedClient(api_key, settings.api_base, reporter=reporter,
                          options=options or ClientOptions()) as client:
-        # 2. Upload the reference (a retried GET-like call: an upload bills nothing).
-        if image.png is not None:
-            reporter.status("Uploading reference image")
-            reporter.progress(0.01)
-            body["image"] = client.upload(image.png, image.filename, "image/png")
-        reporter.progress(0.05)
-
-        # 3. Submit exactly once.
-        reporter.status("Submitting task")
-        pred = client.submit(model.model_id, body)
+        if job is not None and job.resumed:
+            reporter.status(f"Resuming task {job.row.task_id} (submitted earlier; not submitted again)")
+            reporter.progress(0.05)
+            try:
+                pred = client.result(job.row.task_id)
+            except ApiError as e:
+                if e.status != 404:
+                    raise
+                job.note(release=True, status=EXPIRED, error=f"The provider no longer knows this "
+                         f"task ({e}); it cannot be resumed.")
+                raise _TaskGone() from None
+        else:
+            pred = _upload_and_submit(client, model, image, body, reporter, settings, job)
         reporter.status(status_line(pred, 0))
 
         # 4. Poll.
@@ -100,18 +241,42 @@ def run_ref2v(
             reporter.status(status_line(p, elapsed))
             # The provider reports no percentage: estimate from elapsed time, never reaching 90%.
             reporter.progress(0.05 + 0.85 * (1 - math.exp(-elapsed / EXPECTED_TASK_S)))
+            if job is not None:
+                job.pending(p)
 
-        pred = client.wait(pred.id, timeout_s=settings.timeout_s, on_update=on_update)
+        try:
+            pred = client.wait(pred.id, timeout_s=settings.timeout_s, on_update=on_update)
+        except TaskFailedError as e:
+            if job is not None:
+                job.note(release=True, status=FAILED, error=str(e), finished_at=time.time())
+            raise
 
         # 5. Outputs and the safety checker.
         if not pred.outputs:
             if pred.nsfw:
-                raise NSFWError("The safety checker flagged the output as NSFW and no video was "
-                                "delivered. Change the prompt or reference image.", task_id=pred.id)
-            raise ApiError("The task completed without an output video.", task_id=pred.id)
+                err: ApiError = NSFWError("The safety checker flagged the output as NSFW and no "
+                                          "video was delivered. Change the prompt or reference "
+                                          "image.", task_id=pred.id)
+            else:
+                err = ApiError("The task completed without an output video.", task_id=pred.id)
+            if job is not None:
+                job.note(release=True, status=FAILED, error=str(err), info=pred.info(),
+                         finished_at=time.time())
+            raise err
         url = pred.outputs[0]
+        if job is not None:
+            job.note(status="completed", output_url=url, inference_ms=pred.inference_ms,
+                     info=pred.info(), finished_at=time.time())
         reporter.status(("NSFW flagged · " if pred.nsfw else "") + "Downloading video")
-        info = client.download(url, dest, max_bytes=settings.max_download_bytes, task_id=pred.id)
+        try:
+            info = client.download(url, dest, max_bytes=settings.max_download_bytes, task_id=pred.id)
+        except OutputExpiredError as e:
+            if job is not None:
+                job.note(release=True, status=EXPIRED, error=str(e))
+            raise
+    if job is not None:
+        # The video is on disk: a failing journal write must not cost it (it only warns).
+        job.note(release=True, status=DOWNLOADED, output_path=str(dest.resolve()))
 
     frames = None
     if decode:
@@ -120,4 +285,112 @@ def run_ref2v(
     reporter.progress(1.0)
     done = f"Done · {pred.inference_ms / 1000:.1f} s inference" if pred.inference_ms else "Done"
     reporter.status(("NSFW flagged · " if pred.nsfw else "") + done + f" · task {pred.id}")
-    return Ref2VResult(video_path=dest, fps=info.fps, url=url, prediction=pred, frames=frames)
+    extra: dict[str, Any] = {}
+    if job is not None:
+        extra = {"source": "resumed" if job.resumed else "new", "journal_id": job.row.id}
+        if job.warnings:
+            extra["journal_warning"] = job.warnings[-1]
+    return Ref2VResult(video_path=dest, fps=info.fps, url=url, prediction=pred, frames=frames,
+                       extra=extra)
+
+
+def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageInput,
+                       body: dict[str, Any], reporter: Reporter, settings: Settings,
+                       job: _Job | None) -> Prediction:
+    # 2. Upload the reference (a retried GET-like call: an upload bills nothing), or reuse a
+    # recent upload of the same bytes.
+    try:
+        if image.png is not None:
+            reporter.status("Uploading reference image")
+            reporter.progress(0.01)
+            body["image"] = _upload(client, image, settings, job)
+        reporter.progress(0.05)
+        # Recorded before the POST: a crash from here on leaves a row that says so.
+        if job is not None:
+            job.journal.update(job.row.id, status=SUBMITTING)
+    except BaseException:
+        if job is not None:  # nothing reached the provider: the row would only mislead
+            try:
+                job.journal.delete(job.row.id)
+                job.held = False
+            except JournalError:
+                pass
+        raise
+
+    # 3. Submit exactly once.
+    reporter.status("Submitting task")
+    try:
+        pred = client.submit(model.model_id, body)
+    except (SubmitUncertainError, MalformedResponseError) as e:
+        if job is not None:
+            job.note(release=True, status=UNCERTAIN, error=str(e))
+        raise
+    except ApiError as e:  # refused (401, 402, 403, 400, 429 exhausted, unreachable): no task
+        if job is not None:
+            job.note(release=True, status=REJECTED, error=str(e))
+        raise
+    except BaseException:  # cancelled while the POST was in flight
+        if job is not None:
+            job.note(release=True, status=UNCERTAIN,
+                     error="The run was cancelled while the submit was in flight.")
+        raise
+    if job is not None:
+        job.note(status=pred.status if pred.status in PENDING else "created", task_id=pred.id,
+                 submitted_at=time.time(), info=pred.info())
+    return pred
+
+
+def _upload(client: WaveSpeedClient, image: ImageInput, settings: Settings, job: _Job | None) -> str:
+    if job is None:
+        return client.upload(image.png, image.filename, "image/png")
+    sha = hashlib.sha256(image.png).hexdigest()
+    with job.journal.upload_lock(sha):
+        url = job.journal.cached_upload(sha, settings.api_base, settings.upload_max_age_s)
+        if url is not None:
+            return url
+        url = client.upload(image.png, image.filename, "image/png")
+        try:
+            job.journal.record_upload(sha, settings.api_base, url)
+        except JournalError as e:
+            job.warnings.append(str(e))
+        return url
+
+
+def _from_cache(row: JobRow, dest: Path, decode: bool, cache_copy: bool,
+                reporter: Reporter) -> Ref2VResult:
+    """The saved video of an earlier identical job: no request, not even for the key."""
+    path = Path(row.output_path)
+    if cache_copy and dest.resolve() != path.resolve():
+        copy_atomic(path, dest)
+        path = dest
+    vinfo = probe(path)
+    pred = Prediction(id=row.task_id or "", model=row.model, status="completed",
+                      outputs=(row.output_url,) if row.output_url else (),
+                      has_nsfw_contents=tuple(bool(x) for x in row.info.get("has_nsfw_contents", [])),
+                      inference_ms=row.inference_ms, created_at=str(row.info.get("created_at", "")))
+    frames = None
+    if decode:
+        reporter.status("Decoding frames")
+        frames, _ = decode_frames(path, vinfo)
+    reporter.progress(1.0)
+    reporter.status(f"Cached · saved result of task {row.task_id} (nothing submitted)")
+    return Ref2VResult(video_path=path, fps=vinfo.fps, url=row.output_url or "", prediction=pred,
+                       frames=frames, extra={"source": "cache", "journal_id": row.id})
+
+
+def copy_atomic(src: Path, dest: Path) -> None:
+    """Copy a saved video to `dest`: complete or absent, never half-written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,4 +1,8 @@
-"""Cloud ref2v nodes: IMAGE + prompt -> VIDEO through the hosted API (one node per hosted model)."""
+"""Cloud ref2v nodes: IMAGE + prompt -> VIDEO through the hosted API (one node per hosted model).
+
+Every run goes through the job journal: a re-run after Cancel or a restart resumes its pending
+task, and an identical fixed-seed request returns the saved video without a request.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from pathlib import Path
 import folder_paths
 from comfy_api.latest import InputImpl, io, ui
 
+from ..hunyuancustom.journal import Journal
 from ..hunyuancustom.params import REF2V_480P, REF2V_720P, CloudModel
-from ..hunyuancustom.ref2v import ImageInput, run_ref2v
+from ..hunyuancustom.ref2v import ImageInput, copy_atomic, run_ref2v
 from ..hunyuancustom.video import image_to_png, select_image
 from .progress import ComfyReporter
 from .widgets import widget
@@ -25,9 +30,38 @@ def output_path(prefix: str) -> tuple[Path, str, str]:
     return Path(full_dir) / filename, filename, subfolder
 
 
-def ref2v_widgets(model: CloudModel) -> list[io.Input]:
+def ref2v_widgets(model: CloudModel, skip: tuple[str, ...] = ()) -> list[io.Input]:
     """The shared widgets of every ref2v node, in the seed table's order."""
-    return [widget(p) for p in model.params if p.name != "image"]
+    return [widget(p) for p in model.params if p.name != "image" and p.name not in skip]
+
+
+def force_new_input() -> io.Input:
+    return io.Boolean.Input(
+        "force_new", default=False, optional=True,
+        tooltip="Submit a new task even if an identical request already has a saved result or a "
+                "pending task (you pay again). Off: identical fixed-seed requests reuse the saved "
+                "video, and a task left pending by Cancel or a restart is resumed.")
+
+
+def rerun_fingerprint(seed, force_new) -> float | int:
+    """What ComfyUI's cache compares besides the widget values (agrees with the journal)."""
+    # seed -1 asks the provider for a new video every run, force_new asks to pay again: never
+    # reuse a cached result. A fresh NaN object each call (math.nan is one shared object and
+    # compares equal to itself inside ComfyUI's cache keys).
+    return float("nan") if seed == -1 or force_new else seed
+
+
+def saved_result(path: Path, dest: Path) -> tuple[Path, str, str]:
+    """(path, filename, subfolder) of a result inside ComfyUI's output folder, for the preview.
+    A cached video saved elsewhere (e.g. by the CLI) is copied to `dest` first."""
+    out_dir = Path(folder_paths.get_output_directory()).resolve()
+    try:
+        rel = Path(path).resolve().relative_to(out_dir)
+    except ValueError:
+        copy_atomic(Path(path), dest)
+        rel = dest.resolve().relative_to(out_dir)
+    subfolder = "" if str(rel.parent) == "." else rel.parent.as_posix()
+    return out_dir / rel, rel.name, subfolder
 
 
 class _CloudRef2V(io.ComfyNode):
@@ -48,6 +82,7 @@ class _CloudRef2V(io.ComfyNode):
                 *ref2v_widgets(m),
                 io.Int.Input("image_index", default=-1, min=-1, max=4095, optional=True,
                              tooltip="Which image of a batch to use; -1 accepts a single image only."),
+                force_new_input(),
             ],
             outputs=[
                 io.Video.Output("video"),
@@ -61,22 +96,23 @@ class _CloudRef2V(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, seed=-1, **kwargs):
-        # seed -1 asks the provider for a new video every run: never reuse a cached result.
-        # A fresh NaN object each call (math.nan is one shared object and compares equal to itself
-        # inside ComfyUI's cache keys).
-        return float("nan") if seed == -1 else seed
+    def fingerprint_inputs(cls, seed=-1, force_new=False, **kwargs):
+        return rerun_fingerprint(seed, force_new)
 
     @classmethod
     def execute(cls, image, prompt, negative_prompt, size, guidance_scale, flow_shift, seed,
-                enable_safety_checker, image_index=-1) -> io.NodeOutput:
+                enable_safety_checker, image_index=-1, force_new=False) -> io.NodeOutput:
         params = {"prompt": prompt, "negative_prompt": negative_prompt, "size": size,
                   "guidance_scale": guidance_scale, "flow_shift": flow_shift, "seed": seed,
                   "enable_safety_checker": enable_safety_checker}
         png = image_to_png(select_image(image, image_index))
         dest, filename, subfolder = output_path(f"{SUBFOLDER}/ref2v_{cls.MODEL.label}")
-        result = run_ref2v(cls.MODEL, ImageInput(png=png), params, dest,
-                           reporter=ComfyReporter(cls.hidden.unique_id))
+        with Journal.open_default() as journal:
+            result = run_ref2v(cls.MODEL, ImageInput(png=png), params, dest,
+                               reporter=ComfyReporter(cls.hidden.unique_id), journal=journal,
+                               force_new=bool(force_new), cache_copy=False)
+        # A cached result is previewed where it was saved, not copied again.
+        dest, filename, subfolder = saved_result(result.video_path, dest)
         info = result.info()
         info.pop("video_path", None)  # the preview names the file; keep info portable
         preview = ui.PreviewVideo([ui.SavedResult(filename, subfolder, io.FolderType.output)])

@@ -1,11 +1,14 @@
-"""`python -m hunyuancustom ref2v` as a user runs it: a subprocess against the loopback API."""
+"""`python -m hunyuancustom` (ref2v, batch, jobs) as a user runs it: a subprocess against the
+loopback API."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,178 @@ def test_failed_task_exits_1_with_the_reason(api, ref, tmp_path):
     assert proc.returncode == 1
     assert "content policy" in proc.stderr and api.task_ids()[0] in proc.stderr
     assert not out.exists()
+
+
+# --- the job journal: resume, cache, batch, ledger ---------------------------------------------------
+
+
+def posts(api):
+    return [r for r in api.requests if r.method == "POST" and "/wavespeed-ai/" in r.path]
+
+
+def test_rerun_with_a_fixed_seed_is_served_from_disk_and_force_new_pays_again(api, ref, tmp_path):
+    args = ["ref2v", "--image", ref, "--prompt", "x", "--seed", 3, "--api-base", api.base_url]
+    assert cli(*args, "-o", tmp_path / "a.mp4").returncode == 0
+    api.reset()
+    proc = cli(*args, "-o", tmp_path / "b.mp4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert api.requests == [] and json.loads(proc.stdout)["source"] == "cache"
+    assert (tmp_path / "b.mp4").read_bytes() == (tmp_path / "a.mp4").read_bytes()
+    proc = cli(*args, "-o", tmp_path / "c.mp4", "--force-new", "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["source"] == "new"
+    assert len(posts(api)) == 1
+
+
+def test_a_cli_killed_mid_poll_resumes_the_same_task_when_run_again(api, ref, tmp_path):
+    """SIGKILL while polling, then the same command: one submit in all, the same task id."""
+    api.set_scenario(Scenario(task_seconds=3.0))
+    out = tmp_path / "o.mp4"
+    args = ["ref2v", "--image", ref, "--prompt", "x", "--seed", -1, "-o", out, "--api-base", api.base_url]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVESPEED_")}
+    env.update(PYTHONPATH=str(REPO), WAVESPEED_API_KEY="test-key")
+    victim = subprocess.Popen([sys.executable, "-m", "hunyuancustom", *map(str, args)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while api.stats()["result_gets"] < 1:  # it is polling
+            assert victim.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()  # reaped: the journal sees a dead owner
+    assert not out.exists()
+    proc = cli(*args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert api.stats()["submits"] == 1 and len(posts(api)) == 1
+    assert info["task_id"] == api.task_ids()[0] and info["source"] == "resumed"
+    assert "Resuming task" in proc.stderr and out.exists()
+
+
+def write_jobs(path, lines):
+    path.write_text("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines) + "\n")
+    return path
+
+
+def test_batch_command_runs_every_line_and_resumes_after_a_failure(api, ref, tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [
+        "# a comment, then a blank line",
+        "",
+        {"image": ref.name, "prompt": "one"},
+        {"image": str(ref), "prompt": "two", "seed": 9, "size": "720*1280", "output": "two.mp4"},
+        {"image": ref.name, "prompt": "three", "model": "480p", "size": "480*832"},
+    ])
+    # The first submit is refused: that job fails, the others go on.
+    api.set_scenario(Scenario(processing_polls=0, submit_responses=[
+        {"status": 400, "body": {"code": 400, "message": "prompt: refused", "data": None}}]))
+    proc = cli("batch", jobs, "--concurrency", 1, "--api-base", api.base_url, "--json")
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert [r["status"] for r in summary["results"]] == ["failed", "done", "done"]
+    assert summary["results"][0]["job"] == "line 3" and "refused" in summary["results"][0]["error"]
+    out_dir = tmp_path / "jobs_videos"
+    assert summary["results"][1]["output"] == str(out_dir / "two.mp4")
+    assert (out_dir / "two.mp4").exists() and (out_dir / "003.mp4").exists()
+    bodies = [r.json for r in posts(api)]
+    assert bodies[1]["size"] == "720*1280" and bodies[1]["seed"] == 9
+    assert any("/hunyuan-custom-ref2v-480p" in r.path for r in posts(api))
+
+    proc = cli("batch", jobs, "--api-base", api.base_url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["resumed"] and [r["source"] for r in summary["results"]] == ["new", "cache", "cache"]
+    assert api.stats()["submits"] == 3  # two then one: nothing finished was paid for again
+    assert (out_dir / "001.mp4").exists()
+
+
+def test_batch_command_checks_every_line_before_any_request(api, ref, tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [
+        {"image": str(ref), "prompt": "fine"}, {"image": str(ref), "prompt": "x", "guidance_scale": 99}])
+    proc = cli("batch", jobs, "--api-base", api.base_url)
+    assert proc.returncode == 2 and "guidance_scale: 99.0 is out of range" in proc.stderr
+    assert "line 2" in proc.stderr
+    bad = write_jobs(tmp_path / "bad.jsonl", ['{"image": "a.png", "prompt": ', ])
+    proc = cli("batch", bad, "--api-base", api.base_url)
+    assert proc.returncode == 2 and "line 1: is not valid JSON" in proc.stderr
+    proc = cli("batch", jobs, "--concurrency", 0, "--api-base", api.base_url)
+    assert proc.returncode == 2 and "concurrency" in proc.stderr
+    assert api.requests == []
+
+
+def test_jobs_lists_and_shows_the_ledger(api, ref, tmp_path):
+    assert cli("ref2v", "--image", ref, "--prompt", "x", "-o", tmp_path / "a.mp4",
+               "--api-base", api.base_url).returncode == 0
+    api.set_scenario(Scenario(processing_polls=0, fail_error="worker lost"))
+    assert cli("ref2v", "--image", ref, "--prompt", "y", "-o", tmp_path / "b.mp4",
+               "--api-base", api.base_url).returncode == 1
+    done_id, failed_id = api.task_ids()
+
+    proc = cli("jobs")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:4] == ["id", "status", "created", "inference"]
+    assert "failed" in lines[1] and failed_id in lines[1]  # newest first
+    assert "downloaded" in lines[2] and done_id in lines[2] and str(tmp_path / "a.mp4") in lines[2]
+
+    rows = json.loads(cli("jobs", "--status", "downloaded", "--json").stdout)
+    assert [r["task_id"] for r in rows] == [done_id]
+    assert rows[0]["inference_ms"] is not None and rows[0]["output_path"] == str(tmp_path / "a.mp4")
+    assert json.loads(cli("jobs", "--since", "1h", "--json").stdout)[0]["task_id"] == failed_id
+    newest = json.loads(cli("jobs", "--since", "2000-01-01", "--limit", 1, "--json").stdout)
+    assert [r["task_id"] for r in newest] == [failed_id]
+
+    proc = cli("jobs", "show", failed_id)
+    assert proc.returncode == 0 and "worker lost" in proc.stdout and "status: failed" in proc.stdout
+    shown = json.loads(cli("jobs", "show", str(rows[0]["id"]), "--json").stdout)
+    assert shown["task_id"] == done_id and shown["request"]["prompt"] == "x"
+    assert "test-key" not in cli("jobs", "--json").stdout
+    proc = cli("jobs", "show", "nope")
+    assert proc.returncode == 2 and "no job" in proc.stderr
+
+
+def test_a_damaged_journal_stops_before_any_request(api, ref, tmp_path):
+    data = Path(os.environ["HUNYUANCUSTOM_DATA_DIR"])
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "jobs.sqlite3").write_bytes(b"garbage" * 1000)
+    proc = cli("ref2v", "--image", ref, "--prompt", "x", "-o", tmp_path / "a.mp4", "--api-base", api.base_url)
+    assert proc.returncode == 2 and "damaged" in proc.stderr and "Move it aside" in proc.stderr
+    assert api.requests == []
+
+
+def test_ctrl_c_stops_a_batch_and_running_it_again_resumes_it(api, ref, tmp_path):
+    api.set_scenario(Scenario(task_seconds=2.0))
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"image": str(ref), "prompt": f"p{i}"} for i in range(3)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVESPEED_")}
+    env.update(PYTHONPATH=str(REPO), WAVESPEED_API_KEY="test-key")
+    args = ["batch", str(jobs), "--concurrency", "2", "--api-base", api.base_url, "--json"]
+    proc = subprocess.Popen([sys.executable, "-m", "hunyuancustom", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while api.stats()["submits"] < 2 or api.stats()["result_gets"] < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert api.stats()["submits"] == 2
+
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["resumed"] and sorted(r["source"] for r in summary["results"]) == [
+        "new", "resumed", "resumed"]
+    assert api.stats()["submits"] == 3
+
+
+def test_an_uncertain_submit_blocks_reruns_until_abandoned(api, ref, tmp_path):
+    api.set_scenario(Scenario(processing_polls=0, submit_responses=[{"drop": True}]))
+    args = ["ref2v", "--image", ref, "--prompt", "x", "-o", tmp_path / "a.mp4", "--api-base", api.base_url]
+    assert cli(*args).returncode == 1
+    proc = cli(*args)
+    assert proc.returncode == 1 and "may or may not" in proc.stderr and "--force-new" in proc.stderr
+    assert len(posts(api)) == 1
+    row = json.loads(cli("jobs", "--status", "uncertain", "--json").stdout)[0]
+    assert cli("jobs", "abandon", row["id"]).returncode == 0
+    assert cli(*args).returncode == 0 and len(posts(api)) == 2
+    proc = cli("jobs", "abandon", row["id"])
+    assert proc.returncode == 2 and "only an uncertain job" in proc.stderr

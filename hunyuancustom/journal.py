@@ -1,0 +1,554 @@
+"""The job journal: every paid task, recorded on disk before we wait for it.
+
+A small SQLite database in the pack's data folder (`jobs.sqlite3`, WAL mode). It lets a job
+
+- resume instead of resubmit: a task that is still pending after Cancel, a timeout, a crash or a
+  restart is polled again under the same task id;
+- return a finished result from disk (fixed seed), with no request at all;
+- reuse an uploaded reference image while its URL is young;
+- refuse to resubmit blindly after a submit whose answer was lost.
+
+Rows are identified by a fingerprint of the request: the model, the canonical JSON of the
+validated body without the image URL, and the sha256 of the image bytes (or the URL when the user
+gave one). The seed is part of it, so `seed = -1` rows identify "this request, random seed".
+
+Several processes may share the file (two ComfyUIs, the CLI): every read-decide-write is one
+`BEGIN IMMEDIATE` transaction, so SQLite lets one writer in at a time. A row being worked on is
+claimed by its process (pid, host and a per-process token); a claim whose process died, or that
+has not been refreshed for `STALE_CLAIM_S`, may be taken over. The API key is never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+from .config import data_dir
+from .errors import ConfigError
+
+JOURNAL_FILE_NAME = "jobs.sqlite3"
+SCHEMA_VERSION = 1
+STALE_CLAIM_S = 300.0  # a claim not refreshed for this long is abandoned (hung or remote process)
+HEARTBEAT_S = 30.0  # how often a waiting job refreshes its claim
+
+# Local statuses. A task exists at the provider from "submitting" (maybe) / "created" on.
+UPLOADING = "uploading"  # row reserved; nothing submitted yet
+SUBMITTING = "submitting"  # the submit POST is (or was) on its way; its answer not yet recorded
+UNCERTAIN = "uncertain"  # the submit's answer was lost: a task may or may not exist
+REJECTED = "rejected"  # the provider refused the submit: no task, nothing billed
+PENDING = ("created", "processing", "completed")  # a task exists and its video is not saved yet
+DOWNLOADED = "downloaded"  # the video is saved at output_path
+FAILED = "failed"  # the task failed (or the safety checker blocked its output)
+EXPIRED = "expired"  # completed, but the output URL expired before we saved it
+ABANDONED = "abandoned"  # an uncertain row the user chose to move past (force new)
+
+_PROCESS_TOKEN = uuid.uuid4().hex  # tells this process apart from an earlier one with the same pid
+_HOST = socket.gethostname()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    request TEXT NOT NULL,
+    image_ref TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    task_id TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    submitted_at REAL,
+    finished_at REAL,
+    inference_ms INTEGER,
+    output_url TEXT,
+    output_path TEXT,
+    error TEXT,
+    info TEXT,
+    batch_id INTEGER,
+    batch_index INTEGER,
+    owner_host TEXT,
+    owner_pid INTEGER,
+    owner_token TEXT,
+    heartbeat_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, status);
+CREATE INDEX IF NOT EXISTS jobs_task ON jobs (task_id);
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, batch_index);
+CREATE TABLE IF NOT EXISTS uploads (
+    sha256 TEXT NOT NULL,
+    api_base TEXT NOT NULL,
+    url TEXT NOT NULL,
+    uploaded_at REAL NOT NULL,
+    PRIMARY KEY (sha256, api_base)
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    owner_host TEXT,
+    owner_pid INTEGER,
+    owner_token TEXT,
+    heartbeat_at REAL
+);
+CREATE INDEX IF NOT EXISTS batches_key ON batches (batch_key, status);
+"""
+
+
+class JournalError(ConfigError):
+    """The journal cannot be read or written; the message says which file and what to do."""
+
+
+# --- fingerprints ---------------------------------------------------------------------------------
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_ref(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(model_id: str, body: dict[str, Any], image_ref: str) -> tuple[str, str]:
+    """(fingerprint, canonical request JSON) of a validated body; its image URL is left out
+    (an upload URL changes every time) and `image_ref` identifies the content instead."""
+    request = canonical_json({k: v for k, v in body.items() if k != "image"})
+    digest = hashlib.sha256(canonical_json(
+        {"model": model_id, "request": request, "image": image_ref}).encode()).hexdigest()
+    return digest, request
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobRow:
+    id: int
+    fingerprint: str
+    model: str
+    request: dict[str, Any]
+    image_ref: str
+    seed: int
+    status: str
+    task_id: str | None
+    created_at: float
+    updated_at: float
+    submitted_at: float | None
+    finished_at: float | None
+    inference_ms: int | None
+    output_url: str | None
+    output_path: str | None
+    error: str | None
+    info: dict[str, Any] = field(default_factory=dict)
+    batch_id: int | None = None
+    batch_index: int | None = None
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    owner_token: str | None = None
+    heartbeat_at: float | None = None
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> JobRow:
+        d = dict(row)
+        d["request"] = json.loads(d["request"])
+        d["info"] = json.loads(d["info"]) if d["info"] else {}
+        return cls(**d)
+
+    @property
+    def has_video(self) -> bool:
+        return self.status == DOWNLOADED and bool(self.output_path) and Path(self.output_path).is_file()
+
+    def summary(self) -> dict[str, Any]:
+        """What `jobs` shows: no owner bookkeeping, nothing secret (the journal holds no key)."""
+        return {
+            "id": self.id, "status": self.status, "task_id": self.task_id, "model": self.model,
+            "created": _iso(self.created_at), "submitted": _iso(self.submitted_at),
+            "finished": _iso(self.finished_at), "inference_ms": self.inference_ms,
+            "output_path": self.output_path, "output_url": self.output_url, "error": self.error,
+            "request": self.request, "image": self.image_ref, "fingerprint": self.fingerprint,
+            "batch_id": self.batch_id, "batch_index": self.batch_index,
+        }
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _claim_is_live(host: str | None, pid: int | None, token: str | None, heartbeat: float | None,
+                   now: float) -> bool:
+    if token is None:
+        return False
+    if token == _PROCESS_TOKEN:
+        return True  # another job of this very process holds it
+    if heartbeat is not None and now - heartbeat > STALE_CLAIM_S:
+        return False
+    if host == _HOST and pid is not None:
+        # Same pid but another token: an earlier process (e.g. a restarted container) - dead.
+        return pid != os.getpid() and _pid_alive(pid)
+    return True  # another machine sharing the folder, recently alive
+
+
+class Decision(NamedTuple):
+    """What `Journal.acquire` found for a request.
+
+    kind: "cached" (row has the saved video), "resume" (a pending task, now claimed by us),
+    "busy" (the same fixed-seed request is being run by a live job: wait and ask again),
+    "uncertain" (an earlier submit's answer was lost) or "new" (a fresh row, claimed by us).
+    """
+
+    kind: str
+    row: JobRow
+
+
+# --- the journal ----------------------------------------------------------------------------------
+
+
+def default_path() -> Path:
+    return data_dir() / JOURNAL_FILE_NAME
+
+
+class Journal:
+    """One connection, shared by the threads of this process under a lock."""
+
+    def __init__(self, path: str | Path | None = None, *, busy_timeout_s: float = 10.0,
+                 max_bytes: int | None = None):
+        """`max_bytes` caps the database's size (writes past it fail like a full disk)."""
+        self.path = Path(path) if path is not None else default_path()
+        self.busy_timeout_s = busy_timeout_s
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._upload_locks: dict[str, threading.Lock] = {}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise JournalError(f"Cannot create the folder of the job journal {self.path.parent}: "
+                               f"{e.strerror or e}. Make it writable (or set "
+                               "HUNYUANCUSTOM_DATA_DIR to a writable folder).") from None
+        try:
+            self._open(max_bytes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, max_bytes: int | None) -> None:
+        busy_timeout_s = self.busy_timeout_s
+        with self._guard("open"):
+            conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                   check_same_thread=False)
+            self._conn = conn
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalError(f"The job journal {self.path} cannot use WAL mode (got {mode}); "
+                                   "is the folder on a network file system?")
+            # FULL: a committed row survives a power cut as well as a crash.
+            conn.execute("PRAGMA synchronous = FULL")
+            if max_bytes is not None:
+                page = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {max(1, max_bytes // page)}")
+            with self._tx() as c:
+                if c.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            c.execute(stmt)
+                    c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                c.execute("SELECT count(*) FROM jobs").fetchone()  # a damaged file fails here
+
+    @classmethod
+    def open_default(cls) -> Journal:
+        return cls(default_path())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Journal({str(self.path)!r})"
+
+    # --- plumbing ---
+
+    def _explain(self, e: sqlite3.Error, doing: str) -> JournalError:
+        text = str(e)
+        low = text.lower()
+        if "locked" in low or "busy" in low:
+            why = (f"it stayed locked by another process for over {self.busy_timeout_s:g} s. "
+                   "Another ComfyUI or CLI run may be stuck; try again")
+        elif "full" in low:
+            why = "the disk (or the journal's size cap) is full. Free some space and run again"
+        elif "not a database" in low or "malformed" in low or "corrupt" in low:
+            why = (f"the file is damaged ({text}). Move it aside (e.g. rename it to "
+                   f"{self.path.name}.bad) and run again; saved videos are not affected, only "
+                   "the record of earlier jobs")
+        elif "readonly" in low or "unable to open" in low or "disk i/o" in low:
+            why = f"it cannot be written ({text}). Check the folder's permissions and free space"
+        else:
+            why = text
+        return JournalError(f"The job journal {self.path} could not {doing}: {why}.")
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """Turn SQLite's errors into a JournalError that says what to do."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise self._explain(e, doing) from None
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: the thread lock here, SQLite's write lock across processes."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise JournalError(f"The job journal {self.path} is closed.")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            conn.execute("COMMIT")
+
+    def _write(self, doing: str, sql: str, args: tuple = ()) -> None:
+        with self._guard(doing), self._tx() as c:
+            c.execute(sql, args)
+
+    def _owner(self, now: float) -> tuple:
+        return (_HOST, os.getpid(), _PROCESS_TOKEN, now)
+
+    # --- deciding what a job does ---
+
+    def peek_cached(self, fp: str) -> JobRow | None:
+        """The newest saved video for this fingerprint, or None (read only)."""
+        with self._guard("be read"), self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM jobs WHERE fingerprint = ? AND status = ? ORDER BY id DESC",
+                (fp, DOWNLOADED)).fetchall()
+        for r in rows:
+            row = JobRow.from_sql(r)
+            if row.has_video:
+                return row
+        return None
+
+    def acquire(self, fp: str, *, model: str, request: str, image_ref: str, seed: int,
+                force_new: bool = False, batch: tuple[int, int] | None = None) -> Decision:
+        """Decide, atomically across processes, whether a request is served from the cache,
+        resumes a pending task, must wait, is blocked by an uncertain submit, or is new."""
+        now = time.time()
+        with self._guard("record the job"), self._tx() as c:
+            if not force_new:
+                found = self._find(c, fp, seed, batch, now)
+                if found is not None:
+                    kind, row = found
+                    if kind == "resume":
+                        c.execute("UPDATE jobs SET owner_host=?, owner_pid=?, owner_token=?, "
+                                  "heartbeat_at=?, updated_at=? WHERE id=?",
+                                  (*self._owner(now), now, row.id))
+                    return Decision(kind, row)
+            else:
+                c.execute("UPDATE jobs SET status=?, updated_at=? WHERE fingerprint=? AND status=?",
+                          (ABANDONED, now, fp, UNCERTAIN))
+            cur = c.execute(
+                "INSERT INTO jobs (fingerprint, model, request, image_ref, seed, status, created_at, "
+                "updated_at, batch_id, batch_index, owner_host, owner_pid, owner_token, heartbeat_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (fp, model, request, image_ref, seed, UPLOADING, now, now,
+                 batch[0] if batch else None, batch[1] if batch else None, *self._owner(now)))
+            row = self._row(c, cur.lastrowid)
+        return Decision("new", row)
+
+    def _find(self, c: sqlite3.Connection, fp: str, seed: int, batch: tuple[int, int] | None,
+              now: float) -> tuple[str, JobRow] | None:
+        rows = [JobRow.from_sql(r) for r in c.execute(
+            "SELECT * FROM jobs WHERE fingerprint = ? AND status NOT IN (?, ?, ?, ?) "
+            "ORDER BY id DESC", (fp, REJECTED, FAILED, EXPIRED, ABANDONED))]
+        # A resumed batch takes its own slot's row first, whatever the seed.
+        if batch is not None:
+            slot = [r for r in rows if (r.batch_id, r.batch_index) == batch]
+            rows = slot + [r for r in rows if r not in slot]
+        fixed = seed != -1
+        for row in rows:
+            own_slot = batch is not None and (row.batch_id, row.batch_index) == batch
+            live = _claim_is_live(row.owner_host, row.owner_pid, row.owner_token,
+                                  row.heartbeat_at, now)
+            if row.status == DOWNLOADED:
+                if (fixed or own_slot) and row.has_video:
+                    return "cached", row
+                continue
+            if row.status in PENDING and row.task_id:
+                if not live:
+                    return "resume", row
+                if fixed:
+                    return "busy", row
+                continue  # seed -1: another job's random video, not ours
+            if row.status in (UPLOADING, SUBMITTING):
+                if live:
+                    if fixed:
+                        return "busy", row
+                    continue
+                if row.status == SUBMITTING:
+                    self._set(c, row.id, now, status=UNCERTAIN, error=(
+                        "The process that submitted this job stopped before the answer was "
+                        "recorded; the task may or may not exist."))
+                    row = self._row(c, row.id)
+                    return "uncertain", row
+                self._set(c, row.id, now, status=ABANDONED, error="stopped before the submit")
+                continue
+            if row.status == UNCERTAIN:
+                return "uncertain", row
+        return None
+
+    @staticmethod
+    def _row(c: sqlite3.Connection, row_id: int) -> JobRow:
+        r = c.execute("SELECT * FROM jobs WHERE id = ?", (row_id,)).fetchone()
+        return JobRow.from_sql(r)
+
+    @staticmethod
+    def _set(c: sqlite3.Connection, row_id: int, now: float, **values: Any) -> None:
+        cols = ", ".join(f"{k} = ?" for k in values)
+        c.execute(f"UPDATE jobs SET {cols}, updated_at = ? WHERE id = ?",  # noqa: S608 (our names)
+                  (*values.values(), now, row_id))
+
+    def update(self, row_id: int, *, release: bool = False, **values: Any) -> None:
+        """Set columns of a row (`info` may be a dict); `release` drops this process's claim."""
+        now = time.time()
+        if "info" in values and isinstance(values["info"], dict):
+            values["info"] = canonical_json(values["info"])
+        if release:
+            values.update(owner_host=None, owner_pid=None, owner_token=None, heartbeat_at=None)
+        elif values.get("status") in (*PENDING, SUBMITTING, UPLOADING):
+            values["heartbeat_at"] = now
+        with self._guard("be updated"), self._tx() as c:
+            self._set(c, row_id, now, **values)
+
+    def heartbeat(self, row_id: int) -> None:
+        self.update(row_id, heartbeat_at=time.time())
+
+    def delete(self, row_id: int) -> None:
+        self._write("be updated", "DELETE FROM jobs WHERE id = ?", (row_id,))
+
+    # --- reading ---
+
+    def get(self, ref: str | int) -> JobRow | None:
+        """A row by journal id or by task id."""
+        with self._guard("be read"), self._lock:
+            r = None
+            if isinstance(ref, int) or str(ref).isdigit():
+                r = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (int(ref),)).fetchone()
+            if r is None:
+                r = self._conn.execute("SELECT * FROM jobs WHERE task_id = ? ORDER BY id DESC",
+                                       (str(ref),)).fetchone()
+        return JobRow.from_sql(r) if r is not None else None
+
+    def list(self, *, status: str | None = None, model: str | None = None,
+             since: float | None = None, batch_id: int | None = None,
+             limit: int | None = 50) -> list[JobRow]:
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if model:
+            where.append("model LIKE ?")
+            args.append(f"%{model}%")
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(since)
+        if batch_id is not None:
+            where.append("batch_id = ?")
+            args.append(batch_id)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY id DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        with self._guard("be read"), self._lock:
+            return [JobRow.from_sql(r) for r in self._conn.execute(sql, args)]
+
+    def iter_all(self) -> Iterator[JobRow]:
+        yield from reversed(self.list(limit=None))
+
+    # --- uploads ---
+
+    def upload_lock(self, sha256: str) -> threading.Lock:
+        """Held while one job of this process uploads these bytes, so concurrent jobs of a batch
+        wait for its URL instead of uploading the same image again."""
+        with self._lock:
+            return self._upload_locks.setdefault(sha256, threading.Lock())
+
+    def cached_upload(self, sha256: str, api_base: str, max_age_s: float) -> str | None:
+        with self._guard("be read"), self._lock:
+            r = self._conn.execute("SELECT url, uploaded_at FROM uploads WHERE sha256=? AND api_base=?",
+                                   (sha256, api_base)).fetchone()
+        if r is None or time.time() - r["uploaded_at"] >= max_age_s:
+            return None
+        return r["url"]
+
+    def record_upload(self, sha256: str, api_base: str, url: str) -> None:
+        self._write("record the upload",
+                    "INSERT OR REPLACE INTO uploads (sha256, api_base, url, uploaded_at) "
+                    "VALUES (?,?,?,?)", (sha256, api_base, url, time.time()))
+
+    # --- batches ---
+
+    def start_batch(self, batch_key: str, size: int, *, force_new: bool = False) -> tuple[int, bool]:
+        """(batch id, resumed): an unfinished, unclaimed run of the same batch is taken over."""
+        now = time.time()
+        with self._guard("record the batch"), self._tx() as c:
+            if not force_new:
+                for r in c.execute("SELECT * FROM batches WHERE batch_key=? AND status='running' "
+                                   "ORDER BY id DESC", (batch_key,)).fetchall():
+                    if not _claim_is_live(r["owner_host"], r["owner_pid"], r["owner_token"],
+                                          r["heartbeat_at"], now):
+                        c.execute("UPDATE batches SET owner_host=?, owner_pid=?, owner_token=?, "
+                                  "heartbeat_at=? WHERE id=?", (*self._owner(now), r["id"]))
+                        return r["id"], True
+            cur = c.execute("INSERT INTO batches (batch_key, size, status, created_at, owner_host, "
+                            "owner_pid, owner_token, heartbeat_at) VALUES (?,?,?,?,?,?,?,?)",
+                            (batch_key, size, "running", now, *self._owner(now)))
+            return cur.lastrowid, False
+
+    def end_batch(self, batch_id: int, *, complete: bool) -> None:
+        """A fully successful batch is finished; otherwise it stays resumable, unclaimed."""
+        self._write("record the batch",
+                    "UPDATE batches SET status=?, finished_at=?, owner_host=NULL, owner_pid=NULL, "
+                    "owner_token=NULL, heartbeat_at=NULL WHERE id=?",
+                    ("finished" if complete else "running", time.time() if complete else None,
+                     batch_id))
+
+
+__all__ = ["Journal", "JournalError", "JobRow", "Decision", "fingerprint", "content_ref",
+           "canonical_json", "default_path", "PENDING", "DOWNLOADED", "UNCERTAIN", "SUBMITTING",
+           "ABANDONED"]

@@ -1,0 +1,266 @@
+"""Never pay twice: the job journal makes run_ref2v resume pending tasks and serve saved results.
+
+Every test talks to the real loopback API server and a real SQLite journal in the test's data folder.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import TEST_KEY, RecordingReporter
+from hunyuancustom.client import ClientOptions, PollSchedule
+from hunyuancustom.config import ApiKey, Settings
+from hunyuancustom.errors import (
+    Interrupted,
+    MissingApiKeyError,
+    OutputExpiredError,
+    SubmitUncertainError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from hunyuancustom.journal import Journal
+from hunyuancustom.params import REF2V_720P
+from hunyuancustom.ref2v import ImageInput, run_ref2v
+from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from hunyuancustom.testing.media import make_test_image, png_bytes
+
+FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
+RANDOM = {"prompt": "A man is writing a letter at his desk.", "seed": -1}
+
+
+@pytest.fixture
+def api():
+    with FakeWaveSpeed(Scenario()) as server:
+        yield server
+
+
+@pytest.fixture
+def image():
+    return ImageInput(png=png_bytes(make_test_image(None, 64, 48)))
+
+
+@pytest.fixture
+def journal(isolated_config):
+    with Journal.open_default() as j:
+        yield j
+
+
+def run(api, image, dest, opts, journal, params=FIXED, reporter=None, timeout_s=60.0,
+        key=TEST_KEY, settings=None, **kw):
+    settings = settings or Settings(api_base=api.base_url, timeout_s=timeout_s)
+    return run_ref2v(REF2V_720P, image, params, dest, reporter=reporter, settings=settings,
+                     api_key=ApiKey(key, "test") if key else None, options=opts, journal=journal,
+                     decode=False, **kw)
+
+
+def posts(api):
+    return [r for r in api.requests if r.method == "POST" and "/wavespeed-ai/" in r.path]
+
+
+# --- the result cache ---------------------------------------------------------------------------
+
+
+def test_fixed_seed_rerun_is_served_from_disk_with_zero_requests(api, image, tmp_path, fast, journal,
+                                                                 monkeypatch):
+    first = run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert first.extra["source"] == "new"
+    api.set_scenario(output_status=404)  # the provider's output URL has expired since
+    api.reset()
+    # No key either: a saved result needs nothing from the provider.
+    monkeypatch.delenv("WAVESPEED_API_KEY", raising=False)
+    reporter = RecordingReporter()
+    again = run(api, image, tmp_path / "b.mp4", fast, journal, key=None, reporter=reporter)
+    assert api.requests == []
+    assert again.extra["source"] == "cache"
+    assert again.prediction.id == first.prediction.id and again.url == first.url
+    assert (tmp_path / "b.mp4").read_bytes() == (tmp_path / "a.mp4").read_bytes()
+    assert reporter.statuses[-1].startswith("Cached")
+
+
+def test_cache_can_hand_back_the_saved_file_itself(api, image, tmp_path, fast, journal):
+    run(api, image, tmp_path / "a.mp4", fast, journal)
+    again = run(api, image, tmp_path / "unused.mp4", fast, journal, cache_copy=False)
+    assert again.video_path == (tmp_path / "a.mp4").resolve() and not (tmp_path / "unused.mp4").exists()
+
+
+def test_a_changed_value_or_image_is_a_new_request(api, image, tmp_path, fast, journal):
+    run(api, image, tmp_path / "a.mp4", fast, journal)
+    run(api, image, tmp_path / "b.mp4", fast, journal, params={**FIXED, "guidance_scale": 6.0})
+    other = ImageInput(png=png_bytes(make_test_image(None, 32, 32)))
+    run(api, other, tmp_path / "c.mp4", fast, journal)
+    assert api.stats()["submits"] == 3
+
+
+def test_seed_minus_one_is_a_new_video_every_run(api, image, tmp_path, fast, journal):
+    a = run(api, image, tmp_path / "a.mp4", fast, journal, params=RANDOM)
+    b = run(api, image, tmp_path / "b.mp4", fast, journal, params=RANDOM)
+    assert api.stats()["submits"] == 2 and a.prediction.id != b.prediction.id
+    # ... and the upload of the same bytes was reused.
+    assert api.stats()["uploads"] == 1
+
+
+def test_force_new_bypasses_the_cache(api, image, tmp_path, fast, journal):
+    a = run(api, image, tmp_path / "a.mp4", fast, journal)
+    b = run(api, image, tmp_path / "b.mp4", fast, journal, force_new=True)
+    assert api.stats()["submits"] == 2 and b.prediction.id != a.prediction.id
+    assert b.extra["source"] == "new"
+
+
+def test_deleted_saved_video_is_not_a_cache_hit(api, image, tmp_path, fast, journal):
+    run(api, image, tmp_path / "a.mp4", fast, journal)
+    (tmp_path / "a.mp4").unlink()
+    again = run(api, image, tmp_path / "b.mp4", fast, journal)
+    assert again.extra["source"] == "new" and (tmp_path / "b.mp4").exists()
+
+
+# --- resume instead of resubmit ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params", [FIXED, RANDOM], ids=["fixed-seed", "seed-minus-one"])
+def test_rerun_after_cancel_polls_the_same_task(api, image, tmp_path, journal, params):
+    api.set_scenario(Scenario(processing_polls=3))
+    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
+    slow = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
+    with pytest.raises(Interrupted):
+        run(api, image, tmp_path / "a.mp4", slow, journal, params=params, reporter=cancel)
+    task_id = api.task_ids()[0]
+    assert journal.get(task_id).status == "processing"
+
+    reporter = RecordingReporter()
+    result = run(api, image, tmp_path / "a.mp4", slow, journal, params=params, reporter=reporter)
+    assert len(posts(api)) == 1 and api.stats()["uploads"] == 1
+    assert result.prediction.id == task_id and result.extra["source"] == "resumed"
+    assert any(s.startswith(f"Resuming task {task_id}") for s in reporter.statuses)
+    row = journal.get(task_id)
+    assert row.status == "downloaded" and row.output_path == str((tmp_path / "a.mp4").resolve())
+
+
+def test_rerun_after_a_timeout_polls_the_same_task(api, image, tmp_path, journal):
+    api.set_scenario(Scenario(processing_polls=6))
+    opts = ClientOptions(schedule=PollSchedule(initial_s=0.05, max_interval_s=0.05))
+    with pytest.raises(TaskTimeoutError):
+        run(api, image, tmp_path / "a.mp4", opts, journal, timeout_s=0.12)
+    result = run(api, image, tmp_path / "a.mp4", opts, journal)
+    assert api.stats()["submits"] == 1 and result.prediction.id == api.task_ids()[0]
+
+
+def test_a_failed_task_is_submitted_again(api, image, tmp_path, fast, journal):
+    api.set_scenario(Scenario(fail_error="worker lost"))
+    with pytest.raises(TaskFailedError):
+        run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert journal.get(api.task_ids()[0]).status == "failed"
+    api.set_scenario(Scenario())
+    run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert api.stats()["submits"] == 2
+
+
+def test_completed_but_not_downloaded_is_fetched_without_a_new_submit(api, image, tmp_path, fast,
+                                                                     journal):
+    api.set_scenario(Scenario(output_drop_first_n=10))  # every download breaks off
+    with pytest.raises(Exception, match="Could not download"):
+        run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert journal.get(api.task_ids()[0]).status == "completed"
+    api.set_scenario(Scenario())
+    result = run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert api.stats()["submits"] == 1 and result.extra["source"] == "resumed"
+
+
+def test_expired_output_is_recorded_and_a_rerun_submits_anew(api, image, tmp_path, fast, journal):
+    api.set_scenario(Scenario(output_status=410))
+    with pytest.raises(OutputExpiredError):
+        run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert journal.get(api.task_ids()[0]).status == "expired"
+
+
+# --- a lost submit answer is never silently resubmitted -------------------------------------------
+
+
+def test_uncertain_submit_blocks_a_blind_resubmit_until_force_new(api, image, tmp_path, fast, journal):
+    api.set_scenario(Scenario(submit_responses=[{"status": 502}]))
+    with pytest.raises(SubmitUncertainError):
+        run(api, image, tmp_path / "a.mp4", fast, journal)
+    with pytest.raises(SubmitUncertainError) as err:
+        run(api, image, tmp_path / "a.mp4", fast, journal)
+    message = str(err.value)
+    assert "may or may not" in message and "force new" in message and "HTTP 502" in message
+    assert len(posts(api)) == 1
+    result = run(api, image, tmp_path / "a.mp4", fast, journal, force_new=True)
+    assert len(posts(api)) == 2 and result.extra["source"] == "new"
+    # Once moved past, the old row no longer blocks.
+    run(api, image, tmp_path / "b.mp4", fast, journal)
+    assert len(posts(api)) == 2
+
+
+def test_refused_submit_is_recorded_and_may_be_retried(api, image, tmp_path, fast, journal):
+    api.set_scenario(Scenario(insufficient_balance=True))
+    with pytest.raises(Exception, match="Insufficient balance"):
+        run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert journal.list()[0].status == "rejected"
+    api.set_scenario(Scenario())
+    run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert api.stats()["submits"] == 1
+
+
+def test_missing_key_leaves_no_row(api, image, tmp_path, fast, journal):
+    with pytest.raises(MissingApiKeyError):
+        run(api, image, tmp_path / "a.mp4", fast, journal, key=None)
+    assert journal.list() == [] and api.requests == []
+
+
+# --- uploads ----------------------------------------------------------------------------------------
+
+
+def test_upload_is_reused_only_while_young(api, image, tmp_path, fast, journal):
+    base = Settings(api_base=api.base_url, timeout_s=60.0)
+    run(api, image, tmp_path / "a.mp4", fast, journal, params={**FIXED, "seed": 1}, settings=base)
+    run(api, image, tmp_path / "b.mp4", fast, journal, params={**FIXED, "seed": 2}, settings=base)
+    assert api.stats()["uploads"] == 1
+    bodies = [r.json for r in posts(api)]
+    assert bodies[0]["image"] == bodies[1]["image"]
+    young_only = Settings(api_base=api.base_url, timeout_s=60.0, upload_max_age_s=0.0)
+    run(api, image, tmp_path / "c.mp4", fast, journal, params={**FIXED, "seed": 3},
+        settings=young_only)
+    assert api.stats()["uploads"] == 2
+
+
+# --- the journal failing after the money is spent never costs the video ---------------------------
+
+
+def test_journal_write_failure_after_download_keeps_the_video(api, image, tmp_path, fast, journal):
+    def read_only_once_downloading(status):
+        if status.startswith("Downloading"):
+            journal._conn.execute("PRAGMA query_only = 1")  # every later write fails in SQLite
+        return False
+
+    result = run(api, image, tmp_path / "a.mp4", fast, journal,
+                 reporter=RecordingReporter(cancel_when=read_only_once_downloading))
+    assert (tmp_path / "a.mp4").exists() and result.prediction.status == "completed"
+    assert "could not be updated" in result.extra["journal_warning"]
+    journal._conn.execute("PRAGMA query_only = 0")
+    # The row still says "completed" with the URL: a rerun fetches it again without paying.
+    row = journal.get(result.prediction.id)
+    assert row.status == "completed" and row.output_url == result.url
+
+
+def test_journal_no_key_in_it(api, image, tmp_path, fast, journal):
+    secret = "sk-live-JOURNAL-9911"
+    api.set_scenario(Scenario(api_key=secret))
+    run(api, image, tmp_path / "a.mp4", fast, journal, key=secret)
+    journal.close()
+    for f in journal.path.parent.iterdir():
+        if f.name.startswith("jobs.sqlite3"):
+            assert secret.encode() not in f.read_bytes()
+
+
+def test_a_pending_task_the_provider_forgot_is_submitted_anew(api, image, tmp_path, journal):
+    api.set_scenario(Scenario(processing_polls=3))
+    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
+    slow = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
+    with pytest.raises(Interrupted):
+        run(api, image, tmp_path / "a.mp4", slow, journal, reporter=cancel)
+    lost = api.task_ids()[0]
+    api.reset()  # the provider no longer has it (e.g. older than its retention)
+    result = run(api, image, tmp_path / "a.mp4", slow, journal)
+    assert result.extra["source"] == "new" and result.prediction.id != lost
+    assert api.stats()["submits"] == 1
+    assert journal.get(lost).status == "expired" and "no longer knows" in journal.get(lost).error
