@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(after checking the dashboard: the next run submits anew)")
     ab.add_argument("id", help="journal id or task id")
     ab.set_defaults(handler=cmd_jobs_abandon)
+    from .local.convert import add_convert_command  # local checkpoints (the "local" helper)
+    add_convert_command(sub)
     return parser
 
 

@@ -1,0 +1,230 @@
+"""Seconds per sampling step and peak GPU memory of local ref2v at full size (random weights).
+
+Builds the full HunyuanCustom transformer (20 double + 40 single blocks, hidden 3072, text width
+4096; 852 tensors in the released key layout) from random weights, loads it through the pack's
+loader into ComfyUI core's HunyuanVideo model (bf16, or the released fp8 layout with its scales),
+and times one CFG step (positive + negative branch, each with its reference latent) of the pack's
+sampler at 1280x720 for 129, 65 and 33 frames, with core's model management loading the whole
+model ("full") or offloading weights to the CPU under a VRAM budget ("24" = act as a 24 GB
+card: core's free-memory reading is lowered by the difference and PyTorch's allocator is capped at
+24 GB, so an over-budget run fails with OOM instead of passing).
+
+    COMFYUI_PATH=/path/to/ComfyUI python benchmarks/local_step.py                 # full matrix
+    COMFYUI_PATH=... python benchmarks/local_step.py --dtype fp8 --offload 24 --frames 129
+    COMFYUI_PATH=... python benchmarks/local_step.py --tiny                       # CPU smoke run
+
+Needs CUDA for the full size and refuses to start without it. `--tiny` (alias `--cpu`) runs the
+same code path on the CPU with a tiny model (hidden 128, 2 + 2 blocks) at 64x64, 5 and 9 frames.
+Targets (README): 1280x720x129 within 24 GB with offload + fp8; one CFG step at 1280x720x129 bf16
+on one H100 <= 76 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GB = 1024**3
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", "--cpu", dest="tiny", action="store_true",
+                   help="CPU smoke mode: tiny model, 64x64, same code path")
+    p.add_argument("--frames", type=int, nargs="+", default=None, help="frame counts (4k+1)")
+    p.add_argument("--dtype", nargs="+", choices=("bf16", "fp8"), default=["bf16", "fp8"])
+    p.add_argument("--offload", nargs="+", default=["full", "24"],
+                   help="'full' (whole model on the GPU) and/or VRAM budgets in GB for core's offload")
+    p.add_argument("--steps", type=int, default=1, help="timed CFG steps per configuration")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--text-tokens", type=int, default=640,
+                   help="prompt tokens per branch (prompt + suffix + 576 image features)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return p.parse_args(argv)
+
+
+def setup_comfy(tiny: bool):
+    root = os.environ.get("COMFYUI_PATH")
+    if not root:
+        sys.exit("COMFYUI_PATH is not set: point it at a ComfyUI checkout (core runs the model)")
+    for path in (root, str(REPO), str(REPO / "tests")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    saved = sys.argv
+    sys.argv = [saved[0]] + (["--cpu"] if tiny else [])
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy.model_management as mm
+        import comfy.sd  # noqa: F401
+    finally:
+        sys.argv = saved
+    return mm
+
+
+def build_checkpoint(size: dict, dtype: str, device):
+    """Random weights in the released layout; fp8 the released way (per-Linear max scale)."""
+    import torch
+    from local_models import _shape  # the released layout's shape table
+
+    from hunyuancustom.local.checkpoint import Checkpoint, backbone_keys, fp8_linear_modules, fp8_to_scaled
+
+    keys = backbone_keys(size["double"], size["single"], 2)
+    fp8_modules = set(fp8_linear_modules(keys)) if dtype == "fp8" else set()
+    sd, scales = {}, {}
+    g = torch.Generator(device=device).manual_seed(0)
+    for k in keys:
+        shape = _shape(k, size["hidden"], size["text_dim"])
+        fan_in = 1
+        for s in shape[1:]:
+            fan_in *= s
+        t = torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+        t = t * (fan_in ** -0.5 if len(shape) > 1 else 0.02)
+        if "norm" in k and k.endswith(".weight"):
+            t = t + 1
+        module = k[: -len(".weight")]
+        if module in fp8_modules:
+            scale = t.abs().max() / torch.finfo(torch.float8_e4m3fn).max
+            t, scales[module] = (t / scale).to(torch.float8_e4m3fn), scale.cpu()
+        else:
+            t = t.to(torch.bfloat16)
+        sd[k] = t.cpu()
+        del t
+    if scales:
+        sd = fp8_to_scaled(sd, scales)
+    return Checkpoint(sd, {}, "pt-fp8" if scales else "pt", (size["double"], size["single"], 2))
+
+
+def inputs(size: dict, width: int, height: int, frames: int, text_tokens: int, device):
+    import torch
+
+    from hunyuancustom.local import sampler as local
+
+    shape = local.latent_shape(width, height, frames)
+    g = torch.Generator().manual_seed(1)
+
+    def branch():
+        return local.Branch(torch.randn(1, text_tokens, size["text_dim"], generator=g),
+                            torch.randn(1, 768, generator=g),
+                            torch.randn(1, 16, 1, shape[3], shape[4], generator=g))
+
+    x = torch.randn(shape, generator=g)
+    pos, neg = branch(), branch()
+    for b in (pos, neg):
+        b.context, b.pooled, b.ref_latent = (t.to(device) for t in (b.context, b.pooled, b.ref_latent))
+    return x.to(device), pos, neg
+
+
+def run_config(mm, patcher, size, args, frames, offload, width, height):
+    import torch
+
+    from hunyuancustom.local import sampler as local
+
+    device = patcher.load_device
+    cuda = device.type == "cuda"
+    total = torch.cuda.get_device_properties(device).total_memory if cuda else 0
+    real_free = mm.get_free_memory
+    try:
+        if cuda and offload != "full":
+            # act as a `budget`-sized card: core's free-memory reading (which decides how much of
+            # the model stays on the GPU) loses the rest, and PyTorch's allocator is capped there
+            budget = float(offload) * GB
+            hidden = max(0.0, total - budget)
+
+            def free_on_budget(dev=None, torch_free_too=False):
+                out = real_free(dev, torch_free_too)
+                if torch_free_too:
+                    return max(0.0, out[0] - hidden), out[1]
+                return max(0.0, out - hidden)
+
+            mm.get_free_memory = free_on_budget
+            torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        shape = local.latent_shape(width, height, frames)
+        memory = patcher.model.memory_required([1, *shape[1:]]) * 1.5
+        mm.load_models_gpu([patcher], memory_required=memory, force_full_load=offload == "full")
+        x, pos, neg = inputs(size, width, height, frames, args.text_tokens, device)
+        sigmas = local.flow_sigmas(max(args.steps, 1), 13.0).to(device)
+        times = []
+        with torch.no_grad():
+            for i in range(args.steps):
+                if cuda:
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                local.predict(patcher, x, sigmas[i : i + 1], pos, neg, 7.5, {})
+                if cuda:
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated(device) / GB if cuda else None
+        on_gpu = patcher.loaded_size() / GB if hasattr(patcher, "loaded_size") else None
+        return {"s_per_step": sum(times) / len(times), "step_times": times, "peak_gb": peak,
+                "weights_on_gpu_gb": on_gpu, "status": "ok"}
+    except torch.OutOfMemoryError as e:
+        return {"status": "OOM", "error": str(e).splitlines()[0]}
+    finally:
+        mm.unload_all_models()
+        mm.get_free_memory = real_free
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0, device)
+            torch.cuda.empty_cache()
+        gc.collect()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if not args.tiny and not torch.cuda.is_available():
+        sys.exit("benchmarks/local_step.py: no CUDA GPU found. The full-size model (12.8 B parameters, "
+                 "1280x720) needs one; run with --tiny (or --cpu) for the CPU smoke mode of the same code.")
+    mm = setup_comfy(args.tiny)
+    from hunyuancustom.local.comfy_model import model_from_checkpoint
+
+    if args.tiny:
+        size = {"double": 2, "single": 2, "hidden": 128, "text_dim": 32}
+        frames = args.frames or [9, 5]
+        width, height = args.width or 64, args.height or 64
+        args.text_tokens = min(args.text_tokens, 16)
+    else:
+        size = {"double": 20, "single": 40, "hidden": 3072, "text_dim": 4096}
+        frames = args.frames or [129, 65, 33]
+        width, height = args.width or 1280, args.height or 720
+    build_device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    results = []
+    for dtype in args.dtype:
+        t0 = time.perf_counter()
+        ckpt = build_checkpoint(size, dtype, build_device)
+        patcher = model_from_checkpoint(ckpt)
+        del ckpt
+        print(f"[{dtype}] model built and loaded by core in {time.perf_counter() - t0:.1f} s "
+              f"({sum(p.numel() for p in patcher.model.diffusion_model.parameters()) / 1e6:.1f} M params)",
+              flush=True)
+        for offload in args.offload:
+            for n in frames:
+                r = run_config(mm, patcher, size, args, n, offload, width, height)
+                r.update({"dtype": dtype, "offload": offload, "frames": n, "size": f"{width}x{height}",
+                          "device": torch.cuda.get_device_name() if build_device == "cuda" else "cpu"})
+                results.append(r)
+                peak = f"{r['peak_gb']:.1f} GB" if r.get("peak_gb") is not None else "n/a (CPU)"
+                line = (f"{r['s_per_step']:.2f} s/CFG step, peak {peak}" if r["status"] == "ok"
+                        else f"{r['status']}: {r.get('error', '')}")
+                print(f"  {dtype:4s} offload={offload:5s} {width}x{height}x{n:<3d}: {line}", flush=True)
+        del patcher
+        gc.collect()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

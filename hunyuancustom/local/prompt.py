@@ -1,0 +1,67 @@
+"""The released prompt template for the text-image fusion (LLaVA-Llama-3-8B), pure strings.
+
+Released recipe: the HunyuanVideo video template wraps the prompt, then "\\nThe {name} looks
+like<image>" is appended (name: the job's item name, "object" by default; the negative prompt
+gets the same suffix with the tokenizer's default name "person" and an all-white image). The
+text is padded to crop_start + text_len tokens, LLaVA expands `<image>` into 576 image features
+in place, the hidden states two layers before the last are taken and the first `crop_start`
+(template) positions dropped.
+"""
+
+from __future__ import annotations
+
+VIDEO_TEMPLATE = (
+    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
+    "1. The main content and theme of the video."
+    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
+    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
+    "4. background environment, light, style and atmosphere."
+    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+)
+CROP_START = 95  # template tokens dropped from the hidden states
+TEXT_LEN = 256  # text tokens after the crop
+HIDDEN_STATE_SKIP_LAYERS = 2
+IMAGE_TOKEN = "<image>"
+IMAGE_FEATURES = 576  # (336 / 14) ** 2 CLIP-L patches
+DEFAULT_NAME = "object"  # the released scripts' item name when none is given
+NEGATIVE_NAME = "person"  # the released negative branch tokenizes with text2tokens' default name
+
+
+def suffix(name: str = DEFAULT_NAME) -> str:
+    return f"\nThe {name} looks like{IMAGE_TOKEN}"
+
+
+def llava_text(prompt: str, name: str = DEFAULT_NAME) -> str:
+    """The exact string the released code tokenizes for one branch."""
+    return VIDEO_TEMPLATE.format(prompt) + suffix(name)
+
+
+def comfy_llama_template(name: str = DEFAULT_NAME) -> str:
+    """A `llama_template` for ComfyUI's HunyuanVideo tokenizer carrying the same suffix and image.
+
+    ComfyUI's text encoder keeps only the user turn (up to its <|eot_id|>) and the image features
+    found inside it, so the suffix goes before that <|eot_id|>; the hidden states then hold the
+    prompt, the suffix and the 576 image features, as in the released text, with the end-of-turn
+    token after them instead of before.
+    """
+    safe = name.replace("{", "{{").replace("}", "}}")
+    return VIDEO_TEMPLATE.replace("{}<|eot_id|>", "{}" + suffix(safe) + "<|eot_id|>")
+
+
+def image_feature_span(token_ids: list[int], image_token_id: int, crop_start: int = CROP_START,
+                       n_features: int = IMAGE_FEATURES) -> tuple[int, int]:
+    """Where the image features sit in the cropped hidden states of a tokenized `llava_text`:
+    [start, end) after `<image>` is expanded in place and the template positions dropped."""
+    hits = [i for i, t in enumerate(token_ids) if t == image_token_id]
+    if len(hits) != 1:
+        raise ValueError(f"expected exactly one image token, found {len(hits)}")
+    start = hits[0] - crop_start
+    if start < 0:
+        raise ValueError("the image token lies inside the cropped template")
+    return start, start + n_features
+
+
+def fused_length(n_tokens_padded: int, crop_start: int = CROP_START, n_features: int = IMAGE_FEATURES) -> int:
+    """Length of the cropped hidden states: padded text with `<image>` replaced by the features."""
+    return n_tokens_padded - 1 + n_features - crop_start
