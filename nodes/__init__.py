@@ -9,7 +9,7 @@ from comfy_api.latest import ComfyExtension, io
 
 # Each module exports NODES. A module whose optional dependencies are missing is skipped with a
 # log line instead of taking the whole pack down.
-_MODULES = ("cloud", "batch", "compose", "local")
+_MODULES = ("cloud", "batch", "compose", "modes", "local")
 
 
 def node_list() -> list[type[io.ComfyNode]]:

@@ -42,7 +42,8 @@ class ComposeSubjects(io.ComfyNode):
                 *images[1:],
                 *masks,
             ],
-            outputs=[io.Image.Output("image", tooltip="The composed reference image [1, H, W, 3].")],
+            outputs=[io.Image.Output("image", display_name="image",
+                                     tooltip="The composed reference image [1, H, W, 3].")],
         )
 
     @classmethod

@@ -1,24 +1,34 @@
 """The mode nodes inside a real ComfyUI (COMFYUI_PATH).
 
 Virtual try-on: LoadImage x2 -> HunyuanCustom Compose Subjects -> Ref2V (Cloud 720p, against the
-loopback API) -> SaveVideo; the image that reaches the provider is the composed one. The mode
-example workflows load with no missing nodes or widgets.
+loopback API) -> SaveVideo; the image that reaches the provider is the composed one.
+
+Audio-driven and video-driven: core's own loaders, sampler, VAE decode and Create Video around the
+mode nodes, on tiny random-weight models built here (a 12-double-block HunyuanVideo of width 128
+with the audio / editing modules in the released key layout, core's HunyuanVideo VAE, a CLIP-L text
+encoder, a tiny whisper); the saved MP4 is read back: frame count, fps, audio in sync.
+The mode example workflows load with no missing nodes or widgets.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from comfyui_harness import comfyui_path, execution_error, requires_comfyui, running_comfyui, skip_reason
+from comfyui_harness import ComfyServer, comfyui_path, execution_error, requires_comfyui, skip_reason
+from hunyuancustom.modes.audio import Waveform
+from hunyuancustom.modes.mux import stream_durations, write_video, write_wav
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from hunyuancustom.video import decode_frames
 from workflow_check import check_ui_workflow
 
 pytestmark = requires_comfyui
@@ -26,7 +36,19 @@ pytestmark = requires_comfyui
 SECRET = "sk-modes-e2e-5c1d"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
-MODE_WORKFLOWS = ("hunyuancustom_virtual_tryon.json",)
+MODE_WORKFLOWS = ("hunyuancustom_virtual_tryon.json", "hunyuancustom_singing_avatar.json",
+                  "hunyuancustom_subject_replace.json")
+WIDTH = 128
+AUDIO_CKPT, EDITING_CKPT = "hc_tiny_audio.safetensors", "hc_tiny_editing.safetensors"
+AUDIO_FP8, EDITING_PT = "hc_tiny_audio_fp8.pt", "hc_tiny_editing.pt"
+VAE_FILE, CLIP_FILE = "hc_tiny_vae.safetensors", "hc_tiny_clip_l.safetensors"
+TONE, SOURCE, MASK, BAD_MASK = "hc_e2e_tone.wav", "hc_e2e_source.mp4", "hc_e2e_mask.png", "hc_e2e_mask64.png"
+# Model files the example workflows name (the released checkpoints, HunyuanVideo's text encoders
+# and VAE): empty files, so the workflows' file widgets find their values when loading.
+PLACEHOLDERS = ("diffusion_models/hunyuancustom_audio_720P/mp_rank_00_model_states_fp8.pt",
+                "diffusion_models/hunyuancustom_editing_720P/mp_rank_00_model_states_fp8.pt",
+                "text_encoders/clip_l.safetensors", "text_encoders/llava_llama3_fp8_scaled.safetensors",
+                "clip_vision/llava_llama3_vision.safetensors", "vae/hunyuan_video_vae_bf16.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +57,99 @@ def api():
         yield server
 
 
+class ModesServer(ComfyServer):
+    """A ComfyUI with a second extra-model-paths file: the tiny models of these tests."""
+
+    def __init__(self, base_dir, env_extra, models_config: Path):
+        super().__init__(base_dir, env_extra)
+        self.models_config = models_config
+
+    def command(self):
+        return super().command() + ["--extra-model-paths-config", str(self.models_config)]
+
+
+def build_models(root: Path) -> Path:
+    """The tiny models under root/models and a paths file naming them; returns the paths file."""
+    from modes_models import (
+        audio_state_dict,
+        backbone_state_dict,
+        clip_l_state_dict,
+        editing_state_dict,
+        hunyuan_vae_state_dict,
+        import_comfy,
+        whisper_folder,
+    )
+    from safetensors.torch import save_file
+
+    core = import_comfy(comfyui_path())
+    models = root / "models"
+    for sub in ("diffusion_models", "vae", "text_encoders", "clip_vision"):
+        (models / sub).mkdir(parents=True, exist_ok=True)
+    backbone = backbone_state_dict(core, width=WIDTH, context=768)
+    save_file({**backbone, **audio_state_dict(width=WIDTH, dtype=torch.float32)},
+              str(models / "diffusion_models" / AUDIO_CKPT))
+    save_file({**backbone, **editing_state_dict(width=WIDTH, dtype=torch.float32)},
+              str(models / "diffusion_models" / EDITING_CKPT))
+    # The released fp8 layout (+ _fp8_map.pt scales), extras in bf16 as released: read by the
+    # local model loader, which hands the audio modules over on its MODEL.
+    from local_models import backbone_state_dict as released_backbone
+    from local_models import write_released_fp8, write_released_pt
+
+    released = released_backbone(double=12, single=1, hidden=WIDTH, text_dim=768)
+    diffusion = models / "diffusion_models"
+    write_released_fp8(diffusion / AUDIO_FP8, {**released, **audio_state_dict(width=WIDTH)})
+    write_released_pt(diffusion / EDITING_PT, {**released, **editing_state_dict(width=WIDTH)})
+    save_file(hunyuan_vae_state_dict(core), str(models / "vae" / VAE_FILE))
+    save_file(clip_l_state_dict(), str(models / "text_encoders" / CLIP_FILE))
+    whisper_folder(root)  # root/models/audio_encoders/whisper-tiny
+    # The example workflows name the released files: placeholders let them load (not run).
+    for name in PLACEHOLDERS:
+        (models / name).parent.mkdir(parents=True, exist_ok=True)
+        (models / name).touch()
+    config = root / "models.yaml"
+    config.write_text("hunyuancustom_modes_tests:\n"
+                      f"    base_path: {json.dumps(str(models))}\n"
+                      "    diffusion_models: diffusion_models\n    vae: vae\n"
+                      "    text_encoders: text_encoders\n    clip_vision: clip_vision\n"
+                      "    audio_encoders: audio_encoders\n")
+    return config
+
+
+def write_inputs(input_dir: Path) -> None:
+    """Inputs of the e2e graphs: a 0.4 s stereo tone at 22.05 kHz, a 9-frame 64x48 source clip at
+    24 fps with a 1 s tone track, its mask, and a mask of the wrong size."""
+    rate = 22050
+    t = torch.arange(int(0.4 * rate)) / rate
+    write_wav(input_dir / TONE, Waveform((0.3 * torch.sin(2 * math.pi * 440 * t)).repeat(2, 1), rate))
+    frames = torch.rand(9, 48, 64, 3, generator=torch.Generator().manual_seed(0))
+    t2 = torch.arange(44100) / 44100
+    track = Waveform((0.3 * torch.sin(2 * math.pi * 660 * t2))[None], 44100)
+    write_video(input_dir / SOURCE, frames, 24, track)
+    mask = np.zeros((48, 64, 3), np.uint8)
+    mask[12:36, 16:48] = 255
+    Image.fromarray(mask).save(input_dir / MASK)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(input_dir / BAD_MASK)
+
+
 @pytest.fixture(scope="module")
 def comfy(api, tmp_path_factory):
     if comfyui_path() is None:
         pytest.skip(skip_reason)
     base = tmp_path_factory.mktemp("comfy-modes")
-    with running_comfyui(base, {"WAVESPEED_API_BASE": api.base_url}) as server:
+    config = build_models(base)
+    server = ModesServer(base, {"WAVESPEED_API_BASE": api.base_url}, config)
+    try:
+        server.start()
         (server.data_dir / "api_key").write_text(SECRET)
         # As the README tells users: the sample inputs go into ComfyUI/input.
         for asset in EXAMPLES.iterdir():
             if asset.suffix != ".json":
                 shutil.copy(asset, server.input_dir / asset.name)
+        write_inputs(server.input_dir)
         yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base / "models", ignore_errors=True)  # ~750 MB of random weights
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +217,175 @@ def test_compose_error_reaches_the_user_before_any_request(comfy, api):
     assert err and err["node_type"] == "HunyuanCustomComposeSubjects"
     assert err["exception_message"].startswith("mask_2:") and "64x64" in err["exception_message"]
     assert api.requests == []
+
+
+# --- local modes, end to end on tiny models ------------------------------------------------------
+
+
+def conditioning_nodes(width, height, length):
+    """Prompt + reference image -> positive (with the reference latent, core's "custom" guidance)."""
+    return {
+        "20": {"class_type": "CLIPLoader", "inputs": {"clip_name": CLIP_FILE, "type": "stable_diffusion"}},
+        "21": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["20", 0], "text": "The person sings."}},
+        "22": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["20", 0], "text": "blurry"}},
+        "23": {"class_type": "VAELoader", "inputs": {"vae_name": VAE_FILE}},
+        "24": {"class_type": "LoadImage", "inputs": {"image": "hunyuancustom_reference.png"}},
+        "25": {"class_type": "HunyuanImageToVideo", "inputs": {
+            "positive": ["21", 0], "vae": ["23", 0], "width": width, "height": height, "length": length,
+            "batch_size": 1, "guidance_type": "custom", "start_image": ["24", 0]}},
+    }
+
+
+def sampling_nodes(mode_node, shift, prefix):
+    """Core's shift + KSampler + decode + Create Video (images, the mode's audio and fps) + save."""
+    return {
+        "30": {"class_type": "ModelSamplingSD3", "inputs": {"model": [mode_node, 0], "shift": shift}},
+        "31": {"class_type": "KSampler", "inputs": {
+            "model": ["30", 0], "seed": 3, "steps": 2, "cfg": 7.5, "sampler_name": "euler",
+            "scheduler": "simple", "positive": ["25", 0], "negative": ["22", 0],
+            "latent_image": [mode_node, 1], "denoise": 1.0}},
+        "32": {"class_type": "VAEDecode", "inputs": {"samples": ["31", 0], "vae": ["23", 0]}},
+        "33": {"class_type": "CreateVideo", "inputs": {"images": ["32", 0], "fps": [mode_node, 3],
+                                                       "audio": [mode_node, 2]}},
+        "34": {"class_type": "SaveVideo", "inputs": {"video": ["33", 0], "filename_prefix": prefix,
+                                                    "format": "auto", "codec": "auto"}},
+    }
+
+
+def audio_graph(ckpt=AUDIO_CKPT, frames=0):
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": AUDIO_CKPT, "weight_dtype": "default"}},
+        "2": {"class_type": "HunyuanCustomLoadModeModules", "inputs": {"ckpt_name": ckpt}},
+        "3": {"class_type": "LoadAudio", "inputs": {"audio": TONE}},
+        "4": {"class_type": "HunyuanCustomAudioDriven", "inputs": {
+            "model": ["1", 0], "mode_modules": ["2", 0], "audio": ["3", 0], "whisper_model": "whisper-tiny",
+            "audio_strength": 0.8, "frames": frames, "width": 64, "height": 64}},
+        **conditioning_nodes(64, 64, 9),
+        **sampling_nodes("4", 13.0, "video/hc_audio"),
+    }
+
+
+def video_graph(mask=MASK):
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": EDITING_CKPT, "weight_dtype": "default"}},
+        "2": {"class_type": "HunyuanCustomLoadModeModules", "inputs": {"ckpt_name": EDITING_CKPT}},
+        "3": {"class_type": "LoadVideo", "inputs": {"file": SOURCE}},
+        "5": {"class_type": "LoadImageMask", "inputs": {"image": mask, "channel": "red"}},
+        "4": {"class_type": "HunyuanCustomVideoDriven", "inputs": {
+            "model": ["1", 0], "mode_modules": ["2", 0], "vae": ["23", 0], "mask": ["5", 0], "expand": 5,
+            "max_frames": 0, "video": ["3", 0]}},
+        **conditioning_nodes(64, 48, 9),
+        **sampling_nodes("4", 5.0, "video/hc_edit"),
+    }
+
+
+def saved_video(comfy, entry, node="34"):
+    saved = entry["outputs"][node]["images"][0]
+    return comfy.output_dir / saved["subfolder"] / saved["filename"]
+
+
+def test_mode_nodes_schema(comfy):
+    assert not comfy.pack_import_failed(), comfy.log_tail()
+    info = comfy.object_info()
+    audio = info["HunyuanCustomAudioDriven"]
+    assert audio["output"] == ["MODEL", "LATENT", "AUDIO", "FLOAT", "INT"]
+    req = audio["input"]["required"]
+    assert req["audio_strength"][1]["default"] == 0.8 and req["frames"][1]["default"] == 0
+    assert "whisper-tiny" in (req["whisper_model"][1].get("options") or req["whisper_model"][0])
+    video = info["HunyuanCustomVideoDriven"]
+    assert video["output"] == ["MODEL", "LATENT", "AUDIO", "FLOAT", "IMAGE", "INT", "INT", "INT"]
+    assert video["input"]["required"]["expand"][1]["default"] == 5
+    assert set(video["input"]["optional"]) == {"mode_modules", "video", "frames", "fps", "audio"}
+    assert set(audio["input"]["optional"]) == {"mode_modules"}  # or from the local loader's MODEL
+    loader = info["HunyuanCustomLoadModeModules"]["input"]["required"]["ckpt_name"]
+    assert AUDIO_CKPT in (loader[1].get("options") or loader[0])
+
+
+def test_singing_avatar_runs_end_to_end_with_the_audio_in_sync(comfy):
+    entry = comfy.wait(comfy.queue(audio_graph()), timeout=600)
+    path = saved_video(comfy, entry)
+    frames, fps = decode_frames(path)
+    # 0.4 s of audio -> 10 frames at 25 fps -> 9 frames (4k+1), 64x64.
+    assert frames.shape == (9, 64, 64, 3) and abs(fps - 25) < 0.01
+    d = stream_durations(path)
+    assert abs(d["video"] - 9 / 25) < 1e-3 and abs(d["audio"] - d["video"]) < 1 / 25
+
+
+def test_subject_replacement_runs_end_to_end_keeping_fps_and_audio(comfy):
+    entry = comfy.wait(comfy.queue(video_graph()), timeout=600)
+    path = saved_video(comfy, entry)
+    frames, fps = decode_frames(path)
+    assert frames.shape == (9, 48, 64, 3) and abs(fps - 24) < 0.01  # the source's size and fps
+    d = stream_durations(path)
+    assert abs(d["video"] - 9 / 24) < 1e-3 and abs(d["audio"] - d["video"]) < 1 / 24
+
+
+@pytest.mark.parametrize(("graph", "node_type", "message"), [
+    (lambda: audio_graph(ckpt=EDITING_CKPT), "HunyuanCustomAudioDriven", "mode_modules: hc_tiny_editing"),
+    (lambda: audio_graph(frames=8), "HunyuanCustomAudioDriven", "frames: 8 is not allowed"),
+    (lambda: video_graph(mask=BAD_MASK), "HunyuanCustomVideoDriven", "mask: is 64x64 but the video is 64x48"),
+])
+def test_bad_input_stops_before_sampling_with_a_clear_error(comfy, graph, node_type, message):
+    entry = comfy.wait(comfy.queue(graph()), raise_on_error=False, timeout=300)
+    err = execution_error(entry)
+    # Raised by the mode node, which the sampler waits for: nothing was sampled.
+    assert err and err["node_type"] == node_type and err["exception_message"].startswith(message)
+
+
+def local_chain(mode_inputs, mode_type, ckpt, width, height, prefix, shift, frames_slot, size_links):
+    """The example workflows' chain: Local loader -> mode node -> Ref2V (Local) -> Create Video (frames +
+    the mode's audio) -> Save Video. The prompts arrive as CLIP-L CONDITIONING (LLaVA is too big here)."""
+    cond = conditioning_nodes(width, height, 9)
+    ref2v = {"model": ["4", 0], "vae": ["23", 0], "image": ["24", 0], "prompt": "The person sings.",
+             "negative_prompt": "", "size": "1280*720", "guidance_scale": 7.5, "flow_shift": shift, "seed": 5,
+             "steps": 2, "num_frames": ["4", frames_slot], "frame_rate": ["4", 3], "positive": ["21", 0],
+             "negative": ["22", 0], "subject": "person", "width": width, "height": height, "image_index": -1}
+    ref2v.update(size_links)
+    return {
+        "1": {"class_type": "HunyuanCustomLocalModelLoader",
+              "inputs": {"ckpt_name": ckpt, "fp8": "keep", "weight_dtype": "default"}},
+        "4": {"class_type": mode_type, "inputs": {"model": ["1", 0], **mode_inputs}},
+        **{k: cond[k] for k in ("20", "21", "22", "23", "24")},
+        "40": {"class_type": "HunyuanCustomLocalRef2V", "inputs": ref2v},
+        "41": {"class_type": "CreateVideo",
+               "inputs": {"images": ["40", 1], "fps": ["4", 3], "audio": ["4", 2]}},
+        "42": {"class_type": "SaveVideo", "inputs": {"video": ["41", 0], "filename_prefix": prefix,
+                                                    "format": "auto", "codec": "auto"}},
+    }
+
+
+def test_singing_avatar_through_local_loader_and_ref2v(comfy):
+    """As the example workflow: fp8 released layout, modules carried by the loader's MODEL."""
+    graph = local_chain({"audio": ["3", 0], "whisper_model": "whisper-tiny", "audio_strength": 0.8,
+                         "frames": 0, "width": 64, "height": 64},
+                        "HunyuanCustomAudioDriven", AUDIO_FP8, 64, 64, "video/hc_local_audio", 13.0, 4, {})
+    graph["3"] = {"class_type": "LoadAudio", "inputs": {"audio": TONE}}
+    entry = comfy.wait(comfy.queue(graph), timeout=600)
+    path = saved_video(comfy, entry, "42")
+    frames, fps = decode_frames(path)
+    assert frames.shape == (9, 64, 64, 3) and abs(fps - 25) < 0.01
+    d = stream_durations(path)
+    assert abs(d["audio"] - d["video"]) < 1 / 25
+
+
+def test_subject_replacement_through_local_loader_and_ref2v(comfy):
+    graph = local_chain({"vae": ["23", 0], "mask": ["5", 0], "expand": 5, "max_frames": 0, "video": ["3", 0]},
+                        "HunyuanCustomVideoDriven", EDITING_PT, 64, 48, "video/hc_local_edit", 5.0, 7,
+                        {"width": ["4", 5], "height": ["4", 6]})
+    graph["3"] = {"class_type": "LoadVideo", "inputs": {"file": SOURCE}}
+    graph["5"] = {"class_type": "LoadImageMask", "inputs": {"image": MASK, "channel": "red"}}
+    entry = comfy.wait(comfy.queue(graph), timeout=600)
+    path = saved_video(comfy, entry, "42")
+    frames, fps = decode_frames(path)
+    assert frames.shape == (9, 48, 64, 3) and abs(fps - 24) < 0.01
+    d = stream_durations(path)
+    assert abs(d["audio"] - d["video"]) < 1 / 24
+
+
+def test_a_model_without_mode_modules_is_refused(comfy):
+    graph = audio_graph()
+    del graph["2"], graph["4"]["inputs"]["mode_modules"]  # core's UNETLoader attaches nothing
+    entry = comfy.wait(comfy.queue(graph), raise_on_error=False, timeout=300)
+    err = execution_error(entry)
+    assert err and err["node_type"] == "HunyuanCustomAudioDriven"
+    assert err["exception_message"].startswith("mode_modules: the MODEL carries no audio")

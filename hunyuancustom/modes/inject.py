@@ -1,0 +1,184 @@
+"""Apply the audio and editing modules to ComfyUI core's HunyuanVideo transformer, unmodified.
+
+Core's `forward_orig` lets a caller replace any double block through
+`transformer_options["patches_replace"]["dit"][("double_block", i)]`: the patch gets the block's
+inputs (`img`, `txt`, `vec`, `pe`, ..., `transformer_options`) and `original_block`, and returns
+`{"img", "txt"}`. `img` holds the reference-image tokens (when the branch has a `ref_latent`)
+followed by the video tokens, in (t, h, w) order. That is enough for both modes:
+
+- audio: after double blocks 1, 3, 5, 7, 9, 11, add the perceiver's update to the video tokens
+  (the last `t*h*w/4` tokens of `img`); the reference tokens are left as they are.
+- editing: core has no hook right after `img_in`, but nothing touches the video tokens between
+  `img_in` and double block 0 (the reference tokens are only put in front of them), so adding
+  the background tokens to `img`'s video part at the *input* of double block 0 is the same sum
+  the released model forms after its patch embedding.
+
+Which batch entries are the negative branch comes from `transformer_options["cond_or_uncond"]`
+(core's sampler sets it: 0 = positive, 1 = negative, one entry per equal batch chunk); the
+negative branch gets the audio layers fed with zero audio, as the released pipeline does. A
+patch already installed on the same block is kept and called inside ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ValidationError
+from .audio import DEFAULT_STRENGTH, AudioModules, latent_frame_tokens
+from .editing import BackgroundModules
+
+PatchFn = Callable[[dict, dict], dict]
+POSITIVE, NEGATIVE = 0, 1
+
+
+@dataclass
+class AudioCondition:
+    modules: AudioModules
+    windows: torch.Tensor  # [1, frames, 10, blocks, channels] (frames = 4t - 3)
+    strength: float = DEFAULT_STRENGTH
+
+
+@dataclass
+class BackgroundCondition:
+    modules: BackgroundModules
+    latent: torch.Tensor  # [1, 32, t, h, w]
+
+
+@dataclass
+class ModeInjection:
+    """The patches for one generation of a clip whose latent is (t, h, w)."""
+
+    latent_shape: tuple[int, int, int]
+    audio: AudioCondition | None = None
+    background: BackgroundCondition | None = None
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        t, h, w = self.latent_shape
+        pt, ph, pw = self.patch_size
+        if h % ph or w % pw or t % pt:
+            raise ValidationError("latent", f"latent size {list(self.latent_shape)} is not a multiple of the "
+                                            f"patch size {list(self.patch_size)}")
+        self.frames_tokens = (t // pt, (h // ph) * (w // pw))
+        if self.audio is not None:
+            f = self.audio.windows.shape[1]
+            if f != 4 * t - 3:
+                raise ValidationError("audio", f"audio windows for {f} frames, but the clip has {4 * t - 3} "
+                                               f"frames ({t} latent frames)")
+        if self.background is not None:
+            bg = self.background.latent
+            if tuple(bg.shape[2:]) != tuple(self.latent_shape):
+                raise ValidationError("video", f"the source latent is {list(bg.shape[2:])} but the clip's "
+                                               f"latent is {list(self.latent_shape)}")
+
+    @property
+    def video_tokens(self) -> int:
+        return self.frames_tokens[0] * self.frames_tokens[1]
+
+    # --- the pieces -----------------------------------------------------------------------------
+
+    def _split(self, img: torch.Tensor) -> int:
+        """Number of tokens in front of the video tokens (the reference image's)."""
+        ref = img.shape[1] - self.video_tokens
+        if ref < 0:
+            raise ValidationError("latent", f"the model got {img.shape[1]} image tokens but the clip needs "
+                                            f"{self.video_tokens}: the latent is not the size this mode "
+                                            "was prepared for")
+        return ref
+
+    def _audio_tokens(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per latent frame audio tokens [1, t, 4*m, C] for the positive and the negative branch."""
+        key = ("audio", device, dtype)
+        if key not in self._cache:
+            mods = self.audio.modules.to(device=device, dtype=dtype)
+            w = self.audio.windows.to(device=device, dtype=dtype)
+            with torch.no_grad():
+                pos = mods.audio_proj(w)
+                neg = mods.audio_proj(torch.zeros_like(w))
+            t = self.frames_tokens[0]
+            self._cache[key] = (latent_frame_tokens(pos, t), latent_frame_tokens(neg, t))
+        return self._cache[key]
+
+    def _background_tokens(self, device, dtype) -> torch.Tensor:
+        key = ("bg", device, dtype)
+        if key not in self._cache:
+            mods = self.background.modules.to(device=device, dtype=dtype)
+            with torch.no_grad():
+                self._cache[key] = mods(self.background.latent.to(device=device, dtype=dtype))
+        return self._cache[key]
+
+    def add_background(self, img: torch.Tensor) -> torch.Tensor:
+        ref = self._split(img)
+        bg = self._background_tokens(img.device, img.dtype)
+        return torch.cat([img[:, :ref], img[:, ref:] + bg], dim=1)
+
+    def add_audio(self, layer: int, img: torch.Tensor, transformer_options: dict) -> torch.Tensor:
+        ref = self._split(img)
+        pos, neg = self._audio_tokens(img.device, img.dtype)
+        b = img.shape[0]
+        branches = list(transformer_options.get("cond_or_uncond") or [POSITIVE])
+        if b % len(branches):
+            branches = [POSITIVE]
+        per = b // len(branches)
+        tokens = torch.cat([(neg if c == NEGATIVE else pos).expand(per, *pos.shape[1:]) for c in branches])
+        t, hw = self.frames_tokens
+        video = img[:, ref:].reshape(b, t, hw, img.shape[-1])
+        with torch.no_grad():
+            update = self.audio.modules.audio_models[layer](tokens, video)
+        return torch.cat([img[:, :ref], img[:, ref:] + self.audio.strength * update.reshape(b, t * hw, -1)],
+                         dim=1)
+
+    # --- patches --------------------------------------------------------------------------------
+
+    def blocks(self) -> list[int]:
+        out = set()
+        if self.background is not None:
+            out.add(0)
+        if self.audio is not None:
+            out.update(self.audio.modules.insert_after)
+        return sorted(out)
+
+    def make_patch(self, index: int, inner: PatchFn | None = None) -> PatchFn:
+        """The replacement for double block `index`; `inner` is a patch that was there before."""
+        audio_layer = (self.audio.modules.insert_after.index(index)
+                       if self.audio is not None and index in self.audio.modules.insert_after else None)
+        add_bg = self.background is not None and index == 0
+
+        def patch(args: dict, extra: dict) -> dict:
+            if add_bg:
+                args = {**args, "img": self.add_background(args["img"])}
+            out = inner(args, extra) if inner is not None else extra["original_block"](args)
+            if audio_layer is not None:
+                options = args.get("transformer_options") or {}
+                out = {**out, "img": self.add_audio(audio_layer, out["img"], options)}
+            return out
+
+        return patch
+
+    def patches(self, existing: dict | None = None) -> dict[tuple[str, int], PatchFn]:
+        """{("double_block", i): patch} for `transformer_options["patches_replace"]["dit"]`."""
+        existing = existing or {}
+        return {("double_block", i): self.make_patch(i, existing.get(("double_block", i)))
+                for i in self.blocks()}
+
+    def apply(self, transformer_options: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `transformer_options` with the patches installed (the input is not changed)."""
+        to = dict(transformer_options)
+        replace = dict(to.get("patches_replace") or {})
+        dit = dict(replace.get("dit") or {})
+        dit.update(self.patches(dit))
+        replace["dit"] = dit
+        to["patches_replace"] = replace
+        return to
+
+    def patch_model(self, model):
+        """A clone of a ComfyUI MODEL (ModelPatcher) with the patches installed."""
+        m = model.clone()
+        existing = (m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {}))
+        for (name, index), fn in self.patches(existing).items():
+            m.set_model_patch_replace(fn, "dit", name, index)
+        return m
