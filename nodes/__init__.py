@@ -29,5 +29,22 @@ class HunyuanCustomExtension(ComfyExtension):
         return node_list()
 
 
+_routes_registered = False
+
+
+def register_routes() -> None:
+    """The key setting's HTTP routes (nodes/server_routes.py), added once to ComfyUI's server."""
+    global _routes_registered
+    from server import PromptServer
+
+    if _routes_registered or PromptServer.instance is None:
+        return
+    from .server_routes import register
+
+    register(PromptServer.instance.routes)
+    _routes_registered = True
+
+
 async def comfy_entrypoint() -> HunyuanCustomExtension:
+    register_routes()
     return HunyuanCustomExtension()

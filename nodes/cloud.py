@@ -16,18 +16,9 @@ from ..hunyuancustom.journal import Journal
 from ..hunyuancustom.params import REF2V_480P, REF2V_720P, CloudModel
 from ..hunyuancustom.ref2v import ImageInput, copy_atomic, run_ref2v
 from ..hunyuancustom.video import image_to_png, select_image
+from .files import SUBFOLDER, numbered_mp4
 from .progress import ComfyReporter
 from .widgets import widget
-
-SUBFOLDER = "hunyuancustom"
-
-
-def output_path(prefix: str) -> tuple[Path, str, str]:
-    """A fresh numbered MP4 path in ComfyUI's output folder: (path, filename, subfolder)."""
-    out_dir = folder_paths.get_output_directory()
-    full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, out_dir)
-    filename = f"{name}_{counter:05}_.mp4"
-    return Path(full_dir) / filename, filename, subfolder
 
 
 def ref2v_widgets(model: CloudModel, skip: tuple[str, ...] = ()) -> list[io.Input]:
@@ -106,7 +97,7 @@ class _CloudRef2V(io.ComfyNode):
                   "guidance_scale": guidance_scale, "flow_shift": flow_shift, "seed": seed,
                   "enable_safety_checker": enable_safety_checker}
         png = image_to_png(select_image(image, image_index))
-        dest, filename, subfolder = output_path(f"{SUBFOLDER}/ref2v_{cls.MODEL.label}")
+        dest, filename, subfolder = numbered_mp4(f"{SUBFOLDER}/ref2v_{cls.MODEL.label}")
         with Journal.open_default() as journal:
             result = run_ref2v(cls.MODEL, ImageInput(png=png), params, dest,
                                reporter=ComfyReporter(cls.hidden.unique_id), journal=journal,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 
 import comfy.utils
@@ -15,6 +16,7 @@ from ..hunyuancustom.local.comfy_model import WEIGHT_DTYPES, load_model
 from ..hunyuancustom.local.prompt import DEFAULT_NAME, NEGATIVE_NAME
 from ..hunyuancustom.params import ALL_SIZES, OFFICIAL_NEGATIVE_PROMPT, REF2V_720P, parse_size
 from ..hunyuancustom.video import select_image
+from .files import SUBFOLDER, preview_video
 from .widgets import widget
 
 FOLDER = "diffusion_models"
@@ -150,13 +152,20 @@ class LocalRef2V(io.ComfyNode):
         neg = local.Branch(*_parts(negative, "negative", white_latent)) if negative is not None else None
 
         bar = comfy.utils.ProgressBar(steps, node_id=cls.hidden.unique_id)
+        used_seed = local.resolve_seed(seed)
+        started = time.monotonic()
         latent = local.sample(model, pos, neg, shape, steps=steps, guidance_scale=guidance_scale,
-                              flow_shift=flow_shift, seed=local.resolve_seed(seed),
+                              flow_shift=flow_shift, seed=used_seed,
                               on_step=lambda i, n: bar.update_absolute(i, n))
+        sampling_s = time.monotonic() - started
         images = local.decode(vae, latent)
         video = InputImpl.VideoFromComponents(
             Types.VideoComponents(images=images, frame_rate=Fraction(fps).limit_denominator(1001)))
-        return io.NodeOutput(video, images, float(fps))
+        # Played on the node like the cloud node's result; the info line names the seed used.
+        preview = preview_video(video, f"{SUBFOLDER}/local_ref2v")
+        info = {"backend": "local", "seed": used_seed, "steps": steps, "sampling_s": round(sampling_s, 2),
+                "frames": int(images.shape[0]), "fps": float(fps)}
+        return io.NodeOutput(video, images, float(fps), ui={**preview.as_dict(), "hunyuancustom": [info]})
 
 
 def _parts(conditioning, field, ref_latent):

@@ -1,4 +1,9 @@
-"""A core Reporter wired to ComfyUI: progress text on the node, its progress bar, and Cancel."""
+"""A core Reporter wired to ComfyUI: status on the node, its progress bar, and Cancel.
+
+Status goes out twice: as core's progress text (shown by any front end) and as the pack's own
+`hunyuancustom.status` event, which js/hunyuancustom.js draws as a status line with a ticking
+elapsed time and a bar, and clears when the run ends.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import comfy.utils
 from server import PromptServer
 
 STEPS = 1000
+STATUS_EVENT = "hunyuancustom.status"
 
 
 class ComfyReporter:
@@ -14,13 +20,22 @@ class ComfyReporter:
         self.node_id = node_id
         self.bar = comfy.utils.ProgressBar(STEPS, node_id=node_id)
         self._last = -1
+        self._fraction = 0.0
+
+    def _send(self, text: str) -> None:
+        server = PromptServer.instance
+        if self.node_id is None or server is None:
+            return
+        server.send_progress_text(text, self.node_id)
+        server.send_sync(STATUS_EVENT, {"node": self.node_id, "text": text,
+                                        "progress": self._fraction}, server.client_id)
 
     def status(self, text: str) -> None:
-        if self.node_id is not None and PromptServer.instance is not None:
-            PromptServer.instance.send_progress_text(text, self.node_id)
+        self._send(text)
 
     def progress(self, fraction: float) -> None:
-        value = int(max(0.0, min(1.0, fraction)) * STEPS)
+        self._fraction = max(0.0, min(1.0, fraction))
+        value = int(self._fraction * STEPS)
         if value != self._last:  # the bar is a websocket message: send only changes
             self._last = value
             self.bar.update_absolute(value)

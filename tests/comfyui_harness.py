@@ -75,7 +75,8 @@ def _free_port() -> int:
 class ComfyServer:
     """One ComfyUI process. Created by `running_comfyui`; talk to it over its HTTP API."""
 
-    def __init__(self, base_dir: Path, env_extra: Mapping[str, str] | None = None):
+    def __init__(self, base_dir: Path, env_extra: Mapping[str, str] | None = None,
+                 listen: str = "127.0.0.1"):
         root = comfyui_path()
         if root is None:
             raise RuntimeError(skip_reason)
@@ -100,6 +101,7 @@ class ComfyServer:
         self.paths_config.write_text(
             f"hunyuancustom_tests:\n    custom_nodes: {json.dumps(str(self.custom_nodes_dir))}\n")
         self.log_path = self.base_dir / "comfyui.log"
+        self.listen = listen  # "0.0.0.0" to be reachable on the machine's other addresses too
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -111,7 +113,7 @@ class ComfyServer:
 
     def command(self) -> list[str]:
         return [
-            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            self.python, "main.py", "--cpu", "--listen", self.listen, "--port", str(self.port),
             "--disable-auto-launch",
             "--output-directory", str(self.output_dir),
             "--input-directory", str(self.input_dir),
@@ -273,9 +275,10 @@ def _describe(err: Mapping[str, Any] | None) -> str:
 
 
 @contextlib.contextmanager
-def running_comfyui(base_dir: Path, env_extra: Mapping[str, str] | None = None) -> Iterator[ComfyServer]:
+def running_comfyui(base_dir: Path, env_extra: Mapping[str, str] | None = None,
+                    listen: str = "127.0.0.1") -> Iterator[ComfyServer]:
     """Start ComfyUI with this pack under `base_dir`; stop it afterwards, whatever happens."""
-    server = ComfyServer(base_dir, env_extra)
+    server = ComfyServer(base_dir, env_extra, listen)
     try:
         yield server.start()
     finally:

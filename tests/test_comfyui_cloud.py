@@ -244,3 +244,47 @@ def test_cache_hit_after_a_comfyui_restart_makes_no_request(comfy, api):
     assert info["source"] == "cache" and info["task_id"] == task_id
     saved = entry["outputs"]["3"]["images"][0]
     assert decode_frames(comfy.output_dir / saved["subfolder"] / saved["filename"])[0].shape[0] > 1
+
+
+def test_live_status_reaches_the_front_end_and_ends_with_the_result(comfy, api):
+    """What js/hunyuancustom.js draws, as the browser receives it over the websocket: a status
+    event at every poll with the phase and a rising progress, then the node's result."""
+    import asyncio
+
+    import aiohttp
+
+    api.set_scenario(Scenario(api_key=SECRET, processing_polls=3))
+
+    async def run():
+        events, executed = [], None
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{comfy.url}/ws?clientId={comfy.client_id}") as ws:
+                prompt_id = await asyncio.to_thread(comfy.queue, graph(seed=-1))
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    m = json.loads(msg.data)
+                    data = m.get("data") or {}
+                    if m["type"] == "hunyuancustom.status":
+                        events.append(data)
+                    elif m["type"] == "executed" and data.get("prompt_id") == prompt_id \
+                            and data.get("node") == "2":
+                        executed = data["output"]
+                    elif m["type"] in ("execution_success", "execution_error") \
+                            and data.get("prompt_id") == prompt_id:
+                        return m["type"], events, executed
+
+    kind, events, executed = asyncio.run(asyncio.wait_for(run(), 120))
+    assert kind == "execution_success"
+    assert {e["node"] for e in events} == {"2"}
+    texts = [e["text"] for e in events]
+    assert texts[0].startswith("Uploading") and texts[-1].startswith("Done")
+    # One event per poll while the task is queued/processing (3 processing polls + the completed one).
+    polls = [t for t in texts if t.startswith(("Queued", "Processing", "Completed"))]
+    assert len(polls) >= 4, texts
+    assert all(f"task {executed['hunyuancustom'][0]['task_id']}" in t for t in polls)
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    # The result the front end shows under the node: the video preview and the task line.
+    assert executed["images"][0]["filename"].endswith(".mp4") and executed["animated"] == [True]
+    assert SECRET not in json.dumps(events)

@@ -324,6 +324,13 @@ def test_local_node_runs_and_returns_frames(server):
     assert png.size == (64, 64)
     videos = outputs["8"].get("images") or outputs["8"].get("videos") or outputs["8"].get("animated")
     assert videos, outputs["8"]
+    # The node previews its own result (a temp MP4 that plays) and names the seed it used.
+    own = outputs["6"]["images"][0]
+    assert own["type"] == "temp" and own["filename"].endswith(".mp4") and outputs["6"]["animated"] == [True]
+    preview = server.view(own["filename"], own["subfolder"], own["type"])
+    assert preview[4:8] == b"ftyp"  # a complete MP4, not a half-written one
+    info = outputs["6"]["hunyuancustom"][0]
+    assert info["backend"] == "local" and info["seed"] == 3 and info["frames"] == 5
 
 
 def test_bad_frames_is_refused_with_the_field_name(server):

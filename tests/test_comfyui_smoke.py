@@ -7,9 +7,18 @@ nodes only, so a failure in an e2e test of the pack can be trusted to be about t
 
 from __future__ import annotations
 
+import urllib.request
+
 import pytest
 
-from comfyui_harness import NODE_NAMES, PACK_DIR_NAME, ComfyError, comfyui_fixture, requires_comfyui
+from comfyui_harness import (
+    NODE_NAMES,
+    PACK_DIR_NAME,
+    REPO_ROOT,
+    ComfyError,
+    comfyui_fixture,
+    requires_comfyui,
+)
 
 pytestmark = requires_comfyui
 
@@ -34,6 +43,15 @@ def test_cloud_nodes_are_registered(comfy):
         assert node["python_module"] == f"custom_nodes.{PACK_DIR_NAME}"
         assert node["output"][0] == "VIDEO"
         assert {"image", "prompt"} <= set(node["input"]["required"])
+
+
+def test_front_end_extension_is_served(comfy):
+    # WEB_DIRECTORY: core lists the pack's script for the browser and serves it from the repository.
+    listed = comfy._request("GET", "/extensions")
+    script = f"/extensions/{PACK_DIR_NAME}/hunyuancustom.js"
+    assert script in listed, listed
+    with urllib.request.urlopen(comfy.url + script, timeout=10) as r:
+        assert r.read() == (REPO_ROOT / "js" / "hunyuancustom.js").read_bytes()
 
 
 def test_harness_runs_a_graph_and_reads_its_output(comfy):

@@ -1,0 +1,269 @@
+// HunyuanCustom front end: the API key setting, a live status line on cloud nodes, and the
+// task / seed line under each result. Nothing here ever holds the key after a save: it goes from
+// the input straight to the pack's loopback-only route, and only "set, ends with abcd" comes back.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const KEY_ROUTE = "/hunyuancustom/key";
+const STATUS_EVENT = "hunyuancustom.status";
+const PANEL = "hunyuancustom_panel";
+
+// ---------------------------------------------------------------------------------------------
+// API key setting
+
+async function keyRequest(method, body) {
+  // Writes are JSON: the server refuses anything else, so a cross-site form cannot reach it.
+  const init = { method, cache: "no-store", headers: { "Content-Type": "application/json" } };
+  if (body !== undefined) init.body = JSON.stringify(body);
+  const res = await api.fetchApi(KEY_ROUTE, init);
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+  return data;
+}
+
+function describeKey(st) {
+  if (!st.set) return "Not set";
+  const from = st.source === "env" ? "Set from WAVESPEED_API_KEY" : "Set";
+  return `${from} · ends with ${st.last4}`;
+}
+
+function keySettingElement() {
+  const root = document.createElement("div");
+  root.className = "hunyuancustom-key";
+  const status = document.createElement("span");
+  status.className = "hunyuancustom-key-status";
+  status.textContent = "…";
+  const input = document.createElement("input");
+  input.className = "hunyuancustom-key-input p-inputtext";
+  input.type = "password";
+  input.autocomplete = "off";
+  input.spellcheck = false;
+  input.placeholder = "paste a new key";
+  const save = document.createElement("button");
+  save.className = "hunyuancustom-key-save p-button p-button-sm";
+  save.textContent = "Save";
+  const remove = document.createElement("button");
+  remove.className = "hunyuancustom-key-delete p-button p-button-sm p-button-secondary";
+  remove.textContent = "Remove";
+  const message = document.createElement("div");
+  message.className = "hunyuancustom-key-message";
+
+  const show = (st) => {
+    status.textContent = describeKey(st);
+    remove.disabled = !(st.set && st.source === "file");
+    message.textContent = st.source === "env"
+      ? "The environment variable wins over a key saved here." : "";
+  };
+  const fail = (e) => { message.textContent = `Error: ${e.message}`; };
+  const run = async (method, body) => {
+    save.disabled = true;
+    try { show(await keyRequest(method, body)); } catch (e) { fail(e); } finally { save.disabled = false; }
+  };
+  save.addEventListener("click", async () => {
+    const value = input.value;
+    input.value = ""; // never left in the page, whatever the answer
+    if (!value.trim()) { message.textContent = "Paste a key first."; return; }
+    await run("POST", { key: value });
+  });
+  input.addEventListener("keydown", (e) => { if (e.key === "Enter") save.click(); });
+  remove.addEventListener("click", () => run("DELETE", {}));
+  keyRequest("GET").then(show, fail);
+
+  root.append(status, input, save, remove, message);
+  return root;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status line and result line on the pack's nodes
+
+const active = new Map(); // node id -> { node, started, text, progress }
+
+function findNode(id) {
+  const graph = app.graph;
+  if (!graph) return null;
+  // Inside a subgraph the execution id is "outer:inner"; the last part is the node in view.
+  return graph.getNodeById(id) ?? graph.getNodeById(String(id).split(":").pop()) ?? null;
+}
+
+function panelOf(node) {
+  return node.widgets?.find((w) => w.name === PANEL)?.element ?? null;
+}
+
+function addPanel(node) {
+  const el = document.createElement("div");
+  el.className = "hunyuancustom-panel";
+  el.innerHTML = `
+    <div class="hunyuancustom-status" hidden>
+      <div class="hunyuancustom-status-text"></div>
+      <div class="hunyuancustom-bar"><div class="hunyuancustom-bar-fill"></div></div>
+    </div>
+    <div class="hunyuancustom-info" hidden>
+      <span class="hunyuancustom-info-text"></span>
+      <button class="hunyuancustom-copy" title="Copy">Copy</button>
+    </div>`;
+  el.querySelector(".hunyuancustom-copy").addEventListener("click", () => {
+    copyText(el.querySelector(".hunyuancustom-info").dataset.copy || "");
+  });
+  const widget = node.addDOMWidget(PANEL, "hunyuancustom", el, {
+    serialize: false, // never part of a workflow or a prompt
+    hideOnZoom: false,
+    getMinHeight: () => 48,
+    getMaxHeight: () => 48,
+  });
+  widget.serialize = false;
+  return el;
+}
+
+function copyText(text) {
+  if (navigator.clipboard?.writeText) {
+    navigator.clipboard.writeText(text).catch(() => fallbackCopy(text));
+  } else {
+    fallbackCopy(text);
+  }
+}
+
+function fallbackCopy(text) {
+  const area = document.createElement("textarea");
+  area.value = text;
+  document.body.append(area);
+  area.select();
+  document.execCommand("copy");
+  area.remove();
+}
+
+function formatElapsed(seconds) {
+  const s = Math.floor(seconds);
+  return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+}
+
+function drawStatus(entry) {
+  const el = panelOf(entry.node);
+  if (!el) return;
+  const box = el.querySelector(".hunyuancustom-status");
+  box.hidden = false;
+  const elapsed = formatElapsed((Date.now() - entry.started) / 1000);
+  // The server's text carries its own elapsed time at each poll; ours ticks every second between.
+  el.querySelector(".hunyuancustom-status-text").textContent = `${entry.text} · ${elapsed} elapsed`;
+  el.querySelector(".hunyuancustom-bar-fill").style.width = `${Math.round(entry.progress * 100)}%`;
+}
+
+function clearStatus(id) {
+  const entry = active.get(String(id));
+  if (!entry) return;
+  active.delete(String(id));
+  const el = panelOf(entry.node);
+  if (el) el.querySelector(".hunyuancustom-status").hidden = true;
+  entry.node.setDirtyCanvas?.(true, false);
+}
+
+function clearAll() {
+  for (const id of [...active.keys()]) clearStatus(id);
+}
+
+function onStatus({ detail }) {
+  const id = String(detail.node);
+  const node = findNode(id);
+  if (!node || !panelOf(node)) return;
+  const entry = active.get(id) ?? { node, started: Date.now() };
+  entry.text = detail.text;
+  entry.progress = detail.progress ?? 0;
+  active.set(id, entry);
+  drawStatus(entry);
+}
+
+function describeResult(info) {
+  if (info.backend === "local") {
+    const text = `local · seed ${info.seed} · ${info.steps} steps · ${info.sampling_s} s sampling`;
+    return { text, copy: String(info.seed) };
+  }
+  const parts = [`task ${info.task_id}`];
+  if (info.inference_ms != null) parts.push(`${(info.inference_ms / 1000).toFixed(1)} s inference`);
+  if (info.source === "cache") parts.push("saved result, not billed again");
+  if (info.source === "resumed") parts.push("resumed");
+  if ((info.has_nsfw_contents || []).some(Boolean)) parts.push("NSFW flagged");
+  return { text: parts.join(" · "), copy: info.task_id };
+}
+
+function describeBatch(summary) {
+  const ids = (summary.results || []).map((r) => r.task_id).filter(Boolean);
+  const failed = summary.failed ? ` · ${summary.failed} failed` : "";
+  return { text: `${summary.done} of ${summary.jobs} videos done${failed}`, copy: ids.join("\n") };
+}
+
+function showResult(node, line) {
+  const el = panelOf(node);
+  if (!el) return;
+  const box = el.querySelector(".hunyuancustom-info");
+  box.hidden = false;
+  box.dataset.copy = line.copy;
+  box.querySelector(".hunyuancustom-info-text").textContent = line.text;
+}
+
+const STYLE = `
+.hunyuancustom-panel { font: 11px sans-serif; color: var(--input-text, #ddd); padding: 2px 4px;
+  display: flex; flex-direction: column; gap: 4px; overflow: hidden; }
+.hunyuancustom-status-text, .hunyuancustom-info-text { white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; user-select: text; }
+.hunyuancustom-bar { height: 4px; background: rgba(128,128,128,.3); border-radius: 2px; }
+.hunyuancustom-bar-fill { height: 100%; width: 0; background: #3a8; border-radius: 2px;
+  transition: width .4s; }
+.hunyuancustom-info { display: flex; gap: 6px; align-items: center; }
+.hunyuancustom-copy { font-size: 10px; padding: 0 6px; cursor: pointer; }
+.hunyuancustom-key { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
+.hunyuancustom-key-input { width: 14rem; }
+.hunyuancustom-key-message { flex-basis: 100%; font-size: 12px; opacity: .8; }
+`;
+
+app.registerExtension({
+  name: "HunyuanCustom.Extension",
+  settings: [
+    {
+      id: "HunyuanCustom.APIKey",
+      category: ["HunyuanCustom", "API", "Key"],
+      name: "WaveSpeedAI API key (stored on the ComfyUI machine, never in workflows)",
+      tooltip: "Saved to the pack's key file in ComfyUI's user folder. Only this computer can set "
+        + "or remove it; the page only ever learns whether a key is set and its last 4 characters.",
+      // A custom element that never calls the setter: ComfyUI's settings store (and the
+      // browser) never see the key.
+      type: () => keySettingElement(),
+      defaultValue: "",
+    },
+  ],
+
+  setup() {
+    const style = document.createElement("style");
+    style.textContent = STYLE;
+    document.head.append(style);
+
+    api.addEventListener(STATUS_EVENT, onStatus);
+    api.addEventListener("executed", ({ detail }) => clearStatus(detail.node ?? detail.display_node));
+    api.addEventListener("execution_error", clearAll);
+    api.addEventListener("execution_interrupted", clearAll);
+    api.addEventListener("execution_success", clearAll);
+    // Tick the elapsed time between the server's polls (at least once a second).
+    setInterval(() => active.forEach(drawStatus), 500);
+  },
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!nodeData.name?.startsWith("HunyuanCustom")) return;
+    const makesVideo = (nodeData.output || []).some((t) => t === "VIDEO" || (Array.isArray(t) && t.includes("VIDEO")));
+    if (!makesVideo) return;
+
+    const created = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const r = created?.apply(this, arguments);
+      addPanel(this);
+      return r;
+    };
+
+    const executed = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      const r = executed?.apply(this, arguments);
+      const info = message?.hunyuancustom?.[0];
+      const batch = message?.hunyuancustom_batch?.[0];
+      if (info) showResult(this, describeResult(info));
+      else if (batch) showResult(this, describeBatch(batch));
+      return r;
+    };
+  },
+});

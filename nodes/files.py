@@ -1,0 +1,34 @@
+"""Where the nodes put the videos they save or preview."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+from comfy_api.latest import io, ui
+
+SUBFOLDER = "hunyuancustom"
+
+
+def numbered_mp4(prefix: str, folder: io.FolderType = io.FolderType.output) -> tuple[Path, str, str]:
+    """A fresh numbered MP4 path in ComfyUI's output (or temp) folder: (path, filename, subfolder)."""
+    base = folder_paths.get_output_directory() if folder == io.FolderType.output \
+        else folder_paths.get_temp_directory()
+    full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, base)
+    filename = f"{name}_{counter:05}_.mp4"
+    return Path(full_dir) / filename, filename, subfolder
+
+
+def preview_video(video, prefix: str) -> ui.PreviewVideo:
+    """Save `video` (a core VIDEO) as a temp MP4 and return the node's preview of it. Written under a
+    temporary name and renamed, so the browser never fetches a half-written file."""
+    path, filename, subfolder = numbered_mp4(prefix, io.FolderType.temp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.stem}.part.mp4")  # the extension tells PyAV the container
+    try:
+        video.save_to(str(part))
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return ui.PreviewVideo([ui.SavedResult(filename, subfolder, io.FolderType.temp)])
