@@ -219,7 +219,7 @@ app.registerExtension({
   settings: [
     {
       id: "HunyuanCustom.APIKey",
-      category: ["HunyuanCustom", "API", "Key"],
+      category: ["HunyuanCustom", "API key"],
       name: "WaveSpeedAI API key (stored on the ComfyUI machine, never in workflows)",
       tooltip: "Saved to the pack's key file in ComfyUI's user folder. Only this computer can set "
         + "or remove it; the page only ever learns whether a key is set and its last 4 characters.",
