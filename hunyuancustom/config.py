@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import replacing
 from .errors import ConfigError, MissingApiKeyError
 
 DEFAULT_API_BASE = "https://api.wavespeed.ai/api/v2"
@@ -114,28 +114,11 @@ def key_status() -> dict:
     return {"set": True, "source": source, "last4": key.last4}
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def save_api_key(value: str) -> None:
     """Store the key in the key file (owner-readable only), replacing any older one atomically."""
     ApiKey(value, "the settings dialog")  # same checks as on load
-    _atomic_write(key_file_path(), value.strip().encode("utf-8"), 0o600)
+    with replacing(key_file_path(), suffix=".tmp", mode=0o600) as tmp:
+        tmp.write_bytes(value.strip().encode("utf-8"))
 
 
 def delete_api_key() -> bool:

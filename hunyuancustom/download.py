@@ -6,14 +6,13 @@ decode; until then it lives under a hidden `.part` name that is removed on any f
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
 
 import requests
 
+from .atomic import replacing
 from .errors import DownloadError, OutputExpiredError
 from .progress import NullReporter, Reporter, run_cancellable, sleep
 from .video import VideoInfo, probe
@@ -89,10 +88,9 @@ def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: threading
         if expected and expected > max_bytes:
             raise DownloadError(f"The output is {expected} bytes, over the {max_bytes}-byte cap "
                                 "(setting max_download_bytes).", task_id=task_id)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        try:
+        with replacing(dest) as tmp:  # a file that does not decode never reaches its final name
             got = 0
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "wb") as f:
                 for chunk in resp.iter_content(CHUNK):
                     if cancel.is_set():
                         raise _Cancelled()
@@ -103,19 +101,9 @@ def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: threading
                     f.write(chunk)
                     if expected:
                         reporter.progress(0.9 + 0.1 * got / expected)
-                f.flush()
-                os.fsync(f.fileno())
             if expected is not None and got != expected:
                 raise _Truncated(f"got {got} of {expected} bytes")
-            info = probe(tmp)  # a file that does not decode never reaches its final name
-            os.replace(tmp, dest)
-            return info
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+            return probe(tmp)
 
 
 class _NoAuth(requests.auth.AuthBase):

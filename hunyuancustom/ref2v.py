@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .atomic import replacing
 from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings
 from .errors import (
@@ -380,17 +379,5 @@ def _from_cache(row: JobRow, dest: Path, decode: bool, cache_copy: bool,
 
 def copy_atomic(src: Path, dest: Path) -> None:
     """Copy a saved video to `dest`: complete or absent, never half-written."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with replacing(dest) as tmp:
+        shutil.copyfile(src, tmp)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import folder_paths
 from comfy_api.latest import io, ui
+
+from ..hunyuancustom.atomic import replacing
 
 SUBFOLDER = "hunyuancustom"
 
@@ -24,11 +25,6 @@ def preview_video(video, prefix: str) -> ui.PreviewVideo:
     """Save `video` (a core VIDEO) as a temp MP4 and return the node's preview of it. Written under a
     temporary name and renamed, so the browser never fetches a half-written file."""
     path, filename, subfolder = numbered_mp4(prefix, io.FolderType.temp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.stem}.part.mp4")  # the extension tells PyAV the container
-    try:
-        video.save_to(str(part))
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
+    with replacing(path, suffix=".mp4") as tmp:  # the extension tells PyAV the container
+        video.save_to(str(tmp))
     return ui.PreviewVideo([ui.SavedResult(filename, subfolder, io.FolderType.temp)])

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import replacing
 from ..errors import HunyuanCustomError
 
 AUDIO_PREFIXES = ("audio_proj.", "audio_models.")
@@ -293,14 +294,8 @@ def read_checkpoint(path: str | os.PathLike, fp8: str = "keep", dtype=torch.bflo
 def _atomic_save(tensors: dict, dst: Path, metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".partial")
-    try:
+    with replacing(dst, suffix=".safetensors.partial") as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def convert_to_safetensors(src: str | os.PathLike, dst: str | os.PathLike, fp8: str = "keep") -> Checkpoint:

@@ -16,6 +16,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
+from ..atomic import replacing
 from .audio import Waveform, fit_waveform
 
 
@@ -39,35 +40,31 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float | Fraction,
     n, h, w = frames.shape[:3]
     if n == 0:
         raise ValueError("no frames to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix=f".{path.stem}-", dir=path.parent)
-    os.close(fd)
     wav_tmp = None
-    try:
-        if audio is not None:
-            fitted = fit_waveform(audio, n / float(fps))
-            wfd, wav_tmp = tempfile.mkstemp(suffix=".wav", prefix=f".{path.stem}-", dir=path.parent)
-            os.close(wfd)
-            write_wav(wav_tmp, fitted)
-        rate = Fraction(fps).limit_denominator(100000)
-        gen = imageio_ffmpeg.write_frames(
-            tmp, (w, h), fps=float(rate), quality=quality, codec="libx264", macro_block_size=1,
-            ffmpeg_log_level="error", audio_path=wav_tmp, audio_codec="aac" if wav_tmp else None,
-            output_params=["-movflags", "+faststart"])
-        gen.send(None)
-        for frame in frames:
-            gen.send(np.ascontiguousarray((frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()))
-        gen.close()
-        # ffmpeg can fail without the writer raising (e.g. an encoder refusing the size):
-        # check what was written before it replaces anything.
-        written = _count_frames(tmp)
-        if written != n:
-            raise RuntimeError(f"ffmpeg wrote {written} of {n} frames to {path.name}")
-        os.replace(tmp, path)
-    finally:
-        for p in (tmp, wav_tmp):
-            if p and os.path.exists(p):
-                os.unlink(p)
+    with replacing(path, suffix=".mp4") as tmp:
+        try:
+            if audio is not None:
+                fitted = fit_waveform(audio, n / float(fps))
+                wfd, wav_tmp = tempfile.mkstemp(suffix=".wav", prefix=f".{path.stem}-", dir=path.parent)
+                os.close(wfd)
+                write_wav(wav_tmp, fitted)
+            rate = Fraction(fps).limit_denominator(100000)
+            gen = imageio_ffmpeg.write_frames(
+                str(tmp), (w, h), fps=float(rate), quality=quality, codec="libx264", macro_block_size=1,
+                ffmpeg_log_level="error", audio_path=wav_tmp, audio_codec="aac" if wav_tmp else None,
+                output_params=["-movflags", "+faststart"])
+            gen.send(None)
+            for frame in frames:
+                gen.send(np.ascontiguousarray((frame.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()))
+            gen.close()
+            # ffmpeg can fail without the writer raising (e.g. an encoder refusing the size):
+            # check what was written before it replaces anything.
+            written = _count_frames(str(tmp))
+            if written != n:
+                raise RuntimeError(f"ffmpeg wrote {written} of {n} frames to {path.name}")
+        finally:
+            if wav_tmp and os.path.exists(wav_tmp):
+                os.unlink(wav_tmp)
     return path
 
 

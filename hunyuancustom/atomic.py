@@ -1,0 +1,37 @@
+"""Files that appear whole or not at all.
+
+Every file the pack writes for a user (a downloaded or cached video, a preview, the key file, a
+converted checkpoint) is written under a hidden temporary name beside its target, flushed to disk,
+and renamed over the target only when complete. On any error, Cancel included, the temporary file
+is removed, so neither a crash nor an interrupt leaves a half-written file under a real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; when the block ends normally the file written there
+    is fsynced and renamed to `path`, otherwise it is deleted. `suffix` keeps an extension that a
+    writer needs (ffmpeg, PyAV pick the container from it); `mode` sets permissions before any byte
+    is written (the key file is 0600 from its first moment)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        os.close(fd)
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
