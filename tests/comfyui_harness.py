@@ -56,6 +56,31 @@ def comfyui_path() -> Path | None:
 requires_comfyui = pytest.mark.skipif(comfyui_path() is None, reason=skip_reason)
 
 
+def import_comfy():
+    """Import ComfyUI core into this test process, on the CPU (for in-process model tests);
+    returns the `comfy` package with the modules the pack's tests use already imported."""
+    root = comfyui_path()
+    if root is None:
+        pytest.skip(skip_reason)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    saved = sys.argv
+    sys.argv = [saved[0], "--cpu"]  # core reads its flags from argv on first import
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing()
+        import comfy.ldm.hunyuan_video.model
+        import comfy.ldm.models.autoencoder
+        import comfy.model_management
+        import comfy.ops
+        import comfy.sample
+        import comfy.sd
+    finally:
+        sys.argv = saved
+    return comfy
+
+
 class ComfyError(AssertionError):
     """ComfyUI refused a prompt, a run failed, or the server misbehaved. An AssertionError so
     pytest shows it as a test failure with its message in full."""

@@ -86,28 +86,6 @@ def whisper_folder(root: Path) -> Path:
 # --- whole tiny models for end-to-end runs in a real ComfyUI (need COMFYUI_PATH) --------------
 
 
-def import_comfy(root: Path):
-    """Import ComfyUI core in this process (CPU mode); returns the `comfy` package."""
-    import sys
-
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    saved = sys.argv
-    sys.argv = [saved[0], "--cpu"]
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.ldm.hunyuan_video.model
-        import comfy.ldm.models.autoencoder
-        import comfy.ops
-        import comfy.sample
-        import comfy.sd
-    finally:
-        sys.argv = saved
-    return comfy
-
-
 def _randomize(sd: dict[str, torch.Tensor], seed: int, scale: float = 0.05, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     out = {}

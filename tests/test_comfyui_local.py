@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sys
 import textwrap
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from local_models import (
     write_scaled_safetensors,
 )
 
-from comfyui_harness import ComfyServer, comfyui_path, execution_error, requires_comfyui
+from comfyui_harness import ComfyServer, execution_error, import_comfy, requires_comfyui
 from hunyuancustom.local import sampler as local
 from hunyuancustom.local.schedule import flow_sigmas
 from workflow_check import check_ui_workflow
@@ -42,19 +41,7 @@ SCALE = 0.476986  # HunyuanVideo latent scaling factor
 
 @pytest.fixture(scope="module")
 def comfy():
-    root = comfyui_path()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    saved = sys.argv
-    sys.argv = [saved[0], "--cpu"]
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.model_management
-        import comfy.sd  # noqa: F401
-    finally:
-        sys.argv = saved
+    import_comfy()
     from hunyuancustom.local import comfy_model
 
     return comfy_model

@@ -24,7 +24,14 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_harness import ComfyServer, comfyui_path, execution_error, requires_comfyui, skip_reason
+from comfyui_harness import (
+    ComfyServer,
+    comfyui_path,
+    execution_error,
+    import_comfy,
+    requires_comfyui,
+    skip_reason,
+)
 from hunyuancustom.modes.audio import Waveform
 from hunyuancustom.modes.mux import stream_durations, write_video, write_wav
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
@@ -76,12 +83,11 @@ def build_models(root: Path) -> Path:
         clip_l_state_dict,
         editing_state_dict,
         hunyuan_vae_state_dict,
-        import_comfy,
         whisper_folder,
     )
     from safetensors.torch import save_file
 
-    core = import_comfy(comfyui_path())
+    core = import_comfy()
     models = root / "models"
     for sub in ("diffusion_models", "vae", "text_encoders", "clip_vision"):
         (models / sub).mkdir(parents=True, exist_ok=True)

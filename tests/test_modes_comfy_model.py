@@ -16,7 +16,7 @@ import pytest
 import torch
 from modes_models import audio_state_dict, editing_state_dict
 
-from comfyui_harness import comfyui_path, requires_comfyui
+from comfyui_harness import import_comfy, requires_comfyui
 from hunyuancustom.modes.audio import AudioModules
 from hunyuancustom.modes.editing import BackgroundModules
 from hunyuancustom.modes.inject import AudioCondition, BackgroundCondition, ModeInjection
@@ -30,22 +30,8 @@ REF_TOKENS, VIDEO_TOKENS = 6, 18
 
 @pytest.fixture(scope="module")
 def comfy():
-    root = comfyui_path()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    saved = sys.argv
-    sys.argv = [saved[0], "--cpu"]
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing()
-        import comfy.ldm.hunyuan_video.model as hv
-        import comfy.ops
-        import comfy.sample
-        import comfy.sd
-    finally:
-        sys.argv = saved
-    return {"hv": hv, "ops": comfy.ops, "sd": comfy.sd, "sample": comfy.sample}
+    core = import_comfy()
+    return {"hv": core.ldm.hunyuan_video.model, "ops": core.ops, "sd": core.sd, "sample": core.sample}
 
 
 @pytest.fixture(scope="module")
