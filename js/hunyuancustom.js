@@ -142,8 +142,10 @@ function drawStatus(entry) {
   const box = el.querySelector(".hunyuancustom-status");
   box.hidden = false;
   const elapsed = formatElapsed((Date.now() - entry.started) / 1000);
-  // The server's text carries its own elapsed time at each poll; ours ticks every second between.
-  el.querySelector(".hunyuancustom-status-text").textContent = `${entry.text} · ${elapsed} elapsed`;
+  // The server's text carries the elapsed time of its last poll ("Processing · 12 s · task …");
+  // shown here is ours instead, ticking every second between polls.
+  const text = entry.text.replace(/ · \d+ s(?= · |$)/, "");
+  el.querySelector(".hunyuancustom-status-text").textContent = `${text} · ${elapsed} elapsed`;
   el.querySelector(".hunyuancustom-bar-fill").style.width = `${Math.round(entry.progress * 100)}%`;
 }
 
@@ -197,6 +199,22 @@ function showResult(node, line) {
   box.hidden = false;
   box.dataset.copy = line.copy;
   box.querySelector(".hunyuancustom-info-text").textContent = line.text;
+}
+
+// The front end's own video preview widget marks itself `serialize = false`, but its prompt
+// builder (1.27) only skips `options.serialize === false`: the preview then goes out as an extra
+// input, which changes ComfyUI's cache key and makes a re-run execute the node again instead of
+// reusing its cached result. Mark it the way the prompt builder reads.
+function keepPreviewOutOfPrompt(node) {
+  const add = node.addDOMWidget;
+  if (typeof add !== "function") return;
+  node.addDOMWidget = function (name, ...rest) {
+    const widget = add.call(this, name, ...rest);
+    if (name === "video-preview" && widget) {
+      widget.options = { ...(widget.options || {}), serialize: false };
+    }
+    return widget;
+  };
 }
 
 const STYLE = `
@@ -253,6 +271,7 @@ app.registerExtension({
     nodeType.prototype.onNodeCreated = function () {
       const r = created?.apply(this, arguments);
       addPanel(this);
+      keepPreviewOutOfPrompt(this);
       return r;
     };
 

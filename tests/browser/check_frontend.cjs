@@ -1,0 +1,211 @@
+// Drives the real ComfyUI front end with the pack loaded, in headless Chromium, and prints one
+// JSON report on stdout for tests/test_browser.py to assert on. Input: a JSON file (argv[2]) with
+// url, workflows (name -> UI workflow), secret, screenshot, userDataDir, chromium.
+// playwright-core comes from NODE_PATH (installed by the test outside the repository).
+"use strict";
+const fs = require("fs");
+const { chromium } = require("playwright-core");
+
+const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const report = { consoleErrors: [], failedResponses: [], failedRequests: [], extensionScripts: 0, workflows: {}, key: {}, run: {}, steps: [] };
+const step = (s) => report.steps.push(s);
+
+// The flags this machine needs (no GPU, no network besides loopback, no first-run UI).
+const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+
+async function main() {
+  const context = await chromium.launchPersistentContext(cfg.userDataDir, {
+    executablePath: cfg.chromium, headless: true, args: FLAGS,
+    viewport: { width: 1400, height: 900 },
+  });
+  const page = context.pages()[0] ?? await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error") report.consoleErrors.push(m.text()); });
+  page.on("pageerror", (e) => report.consoleErrors.push(`pageerror: ${e.stack || e.message}`));
+  page.on("requestfailed", (r) => report.failedRequests.push(`${r.failure()?.errorText} ${r.url()}`));
+  // Every answer the page receives, to prove the key never comes back to the browser.
+  const bodies = [];
+  page.on("response", async (r) => {
+    if (r.status() >= 400) report.failedResponses.push(`${r.status()} ${r.request().method()} ${r.url()}`);
+    if (/\/hunyuancustom\.js(\?|$)/.test(r.url())) report.extensionScripts += 1;
+    try { bodies.push({ url: r.url(), text: await r.text() }); } catch { /* redirects, media */ }
+  });
+  try {
+    await page.goto(cfg.url, { waitUntil: "load" });
+    await page.waitForFunction(() => window.app?.graph && window.LiteGraph
+      && Object.keys(window.LiteGraph.registered_node_types).some((t) => t.startsWith("HunyuanCustom")),
+    null, { timeout: 120000 });
+    step("front end ready");
+    report.extensionScriptsOnLoad = report.extensionScripts;
+    report.extensionLoaded = await page.evaluate(() =>
+      (window.app.extensions || []).some((e) => e.name === "HunyuanCustom.Extension"));
+
+    // Each example workflow: every node type known, nothing reported missing.
+    for (const [name, wf] of Object.entries(cfg.workflows)) {
+      report.workflows[name] = await page.evaluate(async (wf) => {
+        const types = new Set();
+        const collect = (nodes) => (nodes || []).forEach((n) => types.add(n.type));
+        collect(wf.nodes);
+        for (const sg of wf.definitions?.subgraphs || []) collect(sg.nodes);
+        const subgraphIds = new Set((wf.definitions?.subgraphs || []).map((s) => s.id));
+        const missing = [...types].filter((t) => !subgraphIds.has(t)
+          && !window.LiteGraph.registered_node_types[t]);
+        await window.app.loadGraphData(wf, true, true, null);
+        return { missing, nodes: window.app.graph.nodes.length, expected: wf.nodes.length,
+          errored: window.app.graph.nodes.filter((n) => n.has_errors).map((n) => n.type) };
+      }, wf);
+      step(`opened ${name}`);
+    }
+    // A missing-nodes dialog would show up here.
+    report.missingNodesDialog = await page.locator("text=/missing node/i").count();
+
+    await checkKey(page, bodies);
+    await runCloud(page, context);
+  } finally {
+    report.bodiesWithSecret = bodies.filter((b) => b.text.includes(cfg.secret)).map((b) => b.url);
+    await context.close();
+  }
+}
+
+async function checkKey(page, bodies) {
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.ShowSettingsDialog"));
+  const dialog = page.locator(".settings-container");
+  await dialog.waitFor({ timeout: 30000 });
+  await dialog.getByText("HunyuanCustom", { exact: true }).first().click();
+  const status = page.locator(".hunyuancustom-key-status");
+  await status.waitFor({ timeout: 30000 });
+  await page.waitForFunction(() => document.querySelector(".hunyuancustom-key-status").textContent !== "…");
+  report.key.before = await status.textContent();
+  step("key setting shown");
+
+  await page.fill(".hunyuancustom-key-input", cfg.secret);
+  await page.click(".hunyuancustom-key-save");
+  await page.waitForFunction(() => /ends with/.test(document.querySelector(".hunyuancustom-key-status").textContent));
+  report.key.afterSave = await status.textContent();
+  report.key.inputAfterSave = await page.inputValue(".hunyuancustom-key-input");
+  report.key.domHasSecret = await page.evaluate((s) => document.documentElement.outerHTML.includes(s), cfg.secret);
+  report.key.storageHasSecret = await page.evaluate((s) =>
+    JSON.stringify({ ...localStorage }).includes(s) || JSON.stringify({ ...sessionStorage }).includes(s), cfg.secret);
+  report.key.fileHoldsKey = fs.existsSync(cfg.keyFile) && fs.readFileSync(cfg.keyFile, "utf8").trim() === cfg.secret;
+  await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-settings.png") });
+
+  // A reload shows the stored key's status again (the round trip through the server).
+  await page.reload({ waitUntil: "load" });
+  await page.waitForFunction(() => window.app?.extensionManager?.command, null, { timeout: 120000 });
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.ShowSettingsDialog"));
+  await page.locator(".settings-container").getByText("HunyuanCustom", { exact: true }).first().click();
+  await page.waitForFunction(() => /ends with/.test(document.querySelector(".hunyuancustom-key-status")?.textContent || ""));
+  report.key.afterReload = await status.textContent();
+
+  await page.click(".hunyuancustom-key-delete");
+  await page.waitForFunction(() => document.querySelector(".hunyuancustom-key-status").textContent === "Not set");
+  report.key.afterDelete = await status.textContent();
+  report.key.fileAfterDelete = fs.existsSync(cfg.keyFile);
+  // Set it again for the run below.
+  await page.fill(".hunyuancustom-key-input", cfg.secret);
+  await page.click(".hunyuancustom-key-save");
+  await page.waitForFunction(() => /ends with/.test(document.querySelector(".hunyuancustom-key-status").textContent));
+  await page.keyboard.press("Escape");
+  await page.locator(".settings-container").waitFor({ state: "detached", timeout: 10000 }).catch(() => {});
+  step("key round trip");
+}
+
+async function runCloud(page, context) {
+  await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, null); },
+    cfg.workflows[cfg.cloudWorkflow]);
+  // Record every status line the node draws while the job waits.
+  await page.evaluate(() => {
+    window.__hcStatus = [];
+    new MutationObserver(() => {
+      const el = document.querySelector(".hunyuancustom-status");
+      if (el && !el.hidden) window.__hcStatus.push({ t: Date.now(), text: el.textContent.trim() });
+    }).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
+  });
+  const started = Date.now();
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  const info = page.locator(".hunyuancustom-info:not([hidden]) .hunyuancustom-info-text");
+  await info.waitFor({ timeout: 120000 });
+  report.run.seconds = (Date.now() - started) / 1000;
+  report.run.info = await info.textContent();
+  report.run.status = await page.evaluate(() => window.__hcStatus);
+  report.run.statusHiddenAfter = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
+  report.run.video = await videoState(page);
+  step("cloud run finished");
+  // The Copy button puts the task id on the clipboard.
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: new URL(cfg.url).origin });
+  await page.locator(".hunyuancustom-info:not([hidden]) .hunyuancustom-copy").click();
+  report.run.copied = await page.evaluate(() => navigator.clipboard.readText());
+
+  // Run again: ComfyUI serves the node from its cache; the preview and the line must stay.
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  // Until the server has finished both prompts.
+  const h = await waitForHistory(page, 2);
+  report.run.history = h.entries;
+  report.run.prompts = h.inputs;
+  report.run.cachedInfo = await page.locator(".hunyuancustom-info:not([hidden]) .hunyuancustom-info-text").textContent().catch(() => null);
+  report.run.cachedVideo = await videoState(page);
+
+  await page.evaluate(() => {
+    const node = window.app.graph.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
+    window.app.canvas.selectNode(node);
+    window.app.canvas.ds.scale = 1;
+    window.app.canvas.centerOnNode?.(node) ?? window.app.canvas.animateToBounds?.(node.boundingRect);
+    window.app.canvas.setDirty(true, true);
+  });
+  await page.waitForTimeout(1000);
+  await page.screenshot({ path: cfg.screenshot });
+  step("screenshot");
+
+  // Cancel while the job waits: the status line goes away.
+  await page.evaluate(() => {
+    const node = window.app.graph.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
+    node.widgets.find((w) => w.name === "force_new").value = true; // a new task, not the cache
+  });
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  await page.waitForFunction(() => {
+    const el = document.querySelector(".hunyuancustom-status");
+    return el && !el.hidden && /Processing|Queued/.test(el.textContent);
+  }, null, { timeout: 60000 });
+  report.cancel = { statusBefore: await page.locator(".hunyuancustom-status").textContent() };
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.Interrupt"));
+  const after = await waitForHistory(page, 3);
+  report.cancel.events = after.entries.map((e) => e.map((m) => m[0]));
+  report.cancel.statusHidden = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
+  step("cancel");
+}
+
+// Poll the server's queue and history (as a client would) until `count` prompts have finished.
+async function waitForHistory(page, count) {
+  const read = () => page.evaluate(async () => {
+    const q = await (await fetch("api/queue")).json();
+    const h = await (await fetch("api/history")).json();
+    return { idle: q.queue_running.length === 0 && q.queue_pending.length === 0,
+      entries: Object.values(h).map((e) => (e.status?.messages || [])),
+      inputs: Object.values(h).map((e) => e.prompt?.[2]) };
+  });
+  const deadline = Date.now() + 120000;
+  let h = await read();
+  while (!(h.idle && h.entries.length >= count) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 250)); // polling the server, not timing anything
+    h = await read();
+  }
+  return h;
+}
+
+// The <video> the front end shows on the cloud node itself (not on the Save Video node).
+async function videoState(page) {
+  return page.evaluate(async () => {
+    const node = window.app.graph.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
+    const els = (node.widgets || []).map((w) => w.element).filter(Boolean);
+    const v = els.map((el) => (el.tagName === "VIDEO" ? el : el.querySelector?.("video"))).find(Boolean);
+    if (!v) return { missing: true, widgets: (node.widgets || []).map((w) => `${w.name}:${w.type}`) };
+    if (v.readyState < 2) {
+      await new Promise((r) => { v.addEventListener("loadeddata", r, { once: true }); setTimeout(r, 20000); });
+    }
+    return { src: v.currentSrc || v.src, readyState: v.readyState, width: v.videoWidth,
+      height: v.videoHeight, duration: v.duration, visible: v.getBoundingClientRect().width > 0 };
+  });
+}
+
+main().then(() => { process.stdout.write(JSON.stringify(report)); },
+  (e) => { report.error = String(e && e.stack || e); process.stdout.write(JSON.stringify(report)); process.exitCode = 1; });
