@@ -7,6 +7,9 @@ import threading
 import pytest
 
 from hunyuancustom.client import ClientOptions, PollSchedule, RetryPolicy
+from hunyuancustom.ref2v import ImageInput
+from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from hunyuancustom.testing.media import make_test_image, png_bytes
 
 TEST_KEY = "test-key"
 
@@ -74,3 +77,16 @@ def fast(sleeps):
 @pytest.fixture
 def reporter():
     return RecordingReporter()
+
+
+@pytest.fixture
+def api():
+    """The loopback API server with the default scenario (a test changes it with set_scenario)."""
+    with FakeWaveSpeed(Scenario()) as server:
+        yield server
+
+
+@pytest.fixture
+def image():
+    """A small reference image, as the node and CLI hand it to the job."""
+    return ImageInput(png=png_bytes(make_test_image(None, 64, 48)))

@@ -10,28 +10,15 @@ from hunyuancustom.client import ClientOptions, PollSchedule
 from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import Interrupted, ValidationError
 from hunyuancustom.journal import Journal
-from hunyuancustom.ref2v import ImageInput
-from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
-from hunyuancustom.testing.media import make_test_image, png_bytes
+from hunyuancustom.testing.fake_api import Scenario
 
 POLL = ClientOptions(schedule=PollSchedule(initial_s=0.02, max_interval_s=0.02))
-
-
-@pytest.fixture
-def api():
-    with FakeWaveSpeed(Scenario()) as server:
-        yield server
 
 
 @pytest.fixture
 def journal(isolated_config):
     with Journal.open_default() as j:
         yield j
-
-
-@pytest.fixture
-def image():
-    return ImageInput(png=png_bytes(make_test_image(None, 64, 48)))
 
 
 def jobs_for(tmp_path, image, prompts, seed=-1):

@@ -31,21 +31,9 @@ from hunyuancustom.errors import (
 from hunyuancustom.params import REF2V_480P, REF2V_720P
 from hunyuancustom.ref2v import ImageInput, run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
-from hunyuancustom.testing.media import make_test_image, png_bytes
 from hunyuancustom.video import image_to_png
 
 PARAMS = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
-
-
-@pytest.fixture
-def api():
-    with FakeWaveSpeed(Scenario()) as server:
-        yield server
-
-
-@pytest.fixture
-def image():
-    return ImageInput(png=png_bytes(make_test_image(None, 64, 48)))
 
 
 def run(api, image, tmp_path, fast, reporter=None, params=PARAMS, model=REF2V_720P, base=None,

@@ -27,12 +27,6 @@ BODY = {"image": "https://cdn.example.test/ref.png", "prompt": "A man is writing
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def api():
-    with FakeWaveSpeed(Scenario()) as server:
-        yield server
-
-
 def submit(api, body=BODY, model=REF2V_720P, base=None, headers=AUTH):
     return requests.post(f"{base or api.base_url}/{model.model_id}", json=body, headers=headers, timeout=10)
 

@@ -21,22 +21,11 @@ from hunyuancustom.errors import (
 from hunyuancustom.journal import Journal
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import ImageInput, run_ref2v
-from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from hunyuancustom.testing.fake_api import Scenario
 from hunyuancustom.testing.media import make_test_image, png_bytes
 
 FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
 RANDOM = {"prompt": "A man is writing a letter at his desk.", "seed": -1}
-
-
-@pytest.fixture
-def api():
-    with FakeWaveSpeed(Scenario()) as server:
-        yield server
-
-
-@pytest.fixture
-def image():
-    return ImageInput(png=png_bytes(make_test_image(None, 64, 48)))
 
 
 @pytest.fixture
