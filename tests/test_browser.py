@@ -29,6 +29,7 @@ SCRIPT = REPO / "tests" / "browser" / "check_frontend.cjs"
 CHROMIUM = Path("/usr/bin/chromium")
 SECRET = "sk-browser-SECRET-91c4"
 CLOUD_WORKFLOW = "hunyuancustom_cloud_ref2v.json"
+FAIL_MARKER = "[the provider fails this one]"
 SCREENSHOT_COPY = Path("/tmp/frontend-screenshot.png")
 NPM_CACHE = Path(os.environ.get("HUNYUANCUSTOM_BROWSER_CACHE")
                  or Path.home() / ".cache" / "hunyuancustom-browser")
@@ -68,7 +69,8 @@ def browser_run(tmp_path_factory):
     modules = _ensure_playwright()
     tmp = tmp_path_factory.mktemp("browser")
     # task_seconds: the job stays "processing" long enough for the status line to tick.
-    with FakeWaveSpeed(Scenario(api_key=SECRET, task_seconds=3.0)) as api, \
+    with FakeWaveSpeed(Scenario(api_key=SECRET, task_seconds=3.0,
+                                fail_if_prompt_contains=FAIL_MARKER)) as api, \
             running_comfyui(tmp / "comfy", {"WAVESPEED_API_BASE": api.base_url}) as comfy:
         workflows = {}
         for path in sorted((REPO / "example_workflows").iterdir()):
@@ -79,7 +81,7 @@ def browser_run(tmp_path_factory):
         cfg = {
             "url": comfy.url + "/", "chromium": str(CHROMIUM), "secret": SECRET,
             "workflows": workflows, "cloudWorkflow": CLOUD_WORKFLOW,
-            "keyFile": str(comfy.data_dir / "api_key"),
+            "keyFile": str(comfy.data_dir / "api_key"), "failMarker": FAIL_MARKER,
             "screenshot": str(tmp / "cloud-node.png"), "userDataDir": str(tmp / "chromium-profile"),
         }
         cfg_path = tmp / "config.json"
@@ -220,3 +222,11 @@ def test_cancel_clears_the_status_line(browser_run):
     assert "Processing" in cancel["statusBefore"] or "Queued" in cancel["statusBefore"]
     assert "execution_interrupted" in cancel["events"][-1], cancel["events"]
     assert cancel["statusHidden"] is True
+
+
+def test_failure_clears_the_status_line(browser_run):
+    report, _ = browser_run
+    failure = report["failure"]
+    assert "Processing" in failure["statusBefore"] or "Queued" in failure["statusBefore"]
+    assert "execution_error" in failure["events"][-1], failure["events"]
+    assert failure["statusHidden"] is True

@@ -131,6 +131,16 @@ def test_failed_task_answers_200_with_the_error(api):
     assert data["status"] == "failed" and data["error"] == "worker lost" and data["outputs"] == []
 
 
+def test_only_tasks_with_the_marked_prompt_fail(api):
+    api.set_scenario(fail_if_prompt_contains="[fail]", processing_polls=0)
+    failing = submit(api, {**BODY, "prompt": "A man waves. [fail]"}).json()["data"]
+    passing = submit(api).json()["data"]
+    failed = requests.get(failing["urls"]["get"], headers=AUTH, timeout=10).json()["data"]
+    done = requests.get(passing["urls"]["get"], headers=AUTH, timeout=10).json()["data"]
+    assert failed["status"] == "failed" and failed["error"] and failed["outputs"] == []
+    assert done["status"] == "completed" and len(done["outputs"]) == 1
+
+
 def test_nsfw_flags_and_blocked_outputs(api):
     api.set_scenario(nsfw=True, processing_polls=0)
     shown = requests.get(submit(api).json()["data"]["urls"]["get"], headers=AUTH, timeout=10).json()

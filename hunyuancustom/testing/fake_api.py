@@ -78,6 +78,9 @@ class Scenario:
     task_seconds: float | None = None
     # The task ends "failed" with this error text instead of "completed".
     fail_error: str | None = None
+    # Only tasks whose prompt contains this text fail (with fail_error, or a default text): one
+    # scenario can then serve a run that succeeds and one that fails (browser tests).
+    fail_if_prompt_contains: str | None = None
     # Scripted HTTP answers for the first N requests of each endpoint, before any other handling.
     # Each: {"status": int, "headers": {..}, "body": <JSON>} or {"raw": bytes|str} or {"drop": True}.
     submit_responses: list[dict[str, Any]] = field(default_factory=list)
@@ -316,6 +319,10 @@ class FakeWaveSpeed:
             return _error(400, "image: must be a URL (upload local files through media/upload/binary)")
         with self._lock:
             plan = self._scenario
+            if plan.fail_if_prompt_contains is not None:
+                fails = plan.fail_if_prompt_contains in clean["prompt"]
+                plan = dataclasses.replace(plan, fail_if_prompt_contains=None, fail_error=(
+                    plan.fail_error or "The model failed to generate the video.") if fails else None)
             if plan.insufficient_balance:
                 return _error(402, "Insufficient balance: please top up your account")
             task = _Task(id=uuid.uuid4().hex, model=model.model_id, root=root, body=clean,

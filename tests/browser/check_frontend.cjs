@@ -172,6 +172,23 @@ async function runCloud(page, context) {
   report.cancel.events = after.entries.map((e) => e.map((m) => m[0]));
   report.cancel.statusHidden = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
   step("cancel");
+
+  // A task the provider fails: the status line shows while it runs, then goes away with the error.
+  await page.evaluate((marker) => {
+    const node = window.app.graph.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
+    const prompt = node.widgets.find((w) => w.name === "prompt");
+    prompt.value = `${prompt.value} ${marker}`;
+  }, cfg.failMarker);
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  await page.waitForFunction(() => {
+    const el = document.querySelector(".hunyuancustom-status");
+    return el && !el.hidden && /Processing|Queued/.test(el.textContent);
+  }, null, { timeout: 60000 });
+  report.failure = { statusBefore: await page.locator(".hunyuancustom-status").textContent() };
+  const failed = await waitForHistory(page, 4);
+  report.failure.events = failed.entries.map((e) => e.map((m) => m[0]));
+  report.failure.statusHidden = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
+  step("failure");
 }
 
 // Poll the server's queue and history (as a client would) until `count` prompts have finished.
