@@ -20,6 +20,9 @@ from ..hunyuancustom.modes import audio as audio_mode
 from ..hunyuancustom.modes import editing
 from ..hunyuancustom.modes.checkpoint import ModeModules, load_mode_modules, mode_modules_from_extras
 from ..hunyuancustom.modes.inject import AudioCondition, BackgroundCondition, ModeInjection
+from ..hunyuancustom.params import REF2V_720P
+
+FLOW_SHIFT = REF2V_720P.param("flow_shift")  # the same range as every ref2v node
 
 ModeModulesType = io.Custom("HUNYUANCUSTOM_MODE_MODULES")
 AUDIO_FOLDER = "audio_encoders"
@@ -230,6 +233,13 @@ class VideoDriven(io.ComfyNode):
                 io.Int.Input("max_frames", default=0, min=0, max=1025,
                              tooltip="0: the whole source (cut to 4k+1 frames); else at most this many "
                                      "(4k+1)."),
+                # The editing recipe differs from ref2v's (30 steps, shift 13): it is set here and
+                # passed on to the sampler through the outputs of the same names.
+                io.Int.Input("steps", default=editing.DEFAULT_STEPS, min=1, max=200,
+                             tooltip="Sampling steps for the sampler (released editing recipe: 50)."),
+                io.Float.Input("flow_shift", default=editing.DEFAULT_FLOW_SHIFT, min=FLOW_SHIFT.minimum,
+                               max=FLOW_SHIFT.maximum, step=FLOW_SHIFT.step or 0.1,
+                               tooltip="Flow shift for the sampler (released editing recipe: 5)."),
                 io.Video.Input("video", optional=True, tooltip="Source video (its fps and audio are kept)."),
                 io.Image.Input("frames", optional=True, tooltip="Source frames, instead of a VIDEO."),
                 io.Float.Input("fps", default=25.0, min=1.0, max=120.0, optional=True,
@@ -249,11 +259,16 @@ class VideoDriven(io.ComfyNode):
                 io.Int.Output("height", display_name="height"),
                 io.Int.Output("frame_count", display_name="num_frames",
                               tooltip="Frames of the clip (the source cut to 4k+1)."),
+                io.Int.Output("recipe_steps", display_name="steps",
+                              tooltip="The steps widget, for Ref2V (Local)'s steps."),
+                io.Float.Output("recipe_flow_shift", display_name="flow_shift",
+                                tooltip="The flow_shift widget, for Ref2V (Local)'s flow_shift."),
             ],
         )
 
     @classmethod
-    def execute(cls, model, vae, mask, expand, max_frames, mode_modules: ModeModules | None = None,
+    def execute(cls, model, vae, mask, expand, max_frames, steps=editing.DEFAULT_STEPS,
+                flow_shift=editing.DEFAULT_FLOW_SHIFT, mode_modules: ModeModules | None = None,
                 video=None, frames=None, fps=25.0, audio=None) -> io.NodeOutput:
         mods = resolve_modules(model, mode_modules).require_editing()
         check_model(model, mods.bg_proj.out_features)
@@ -269,7 +284,7 @@ class VideoDriven(io.ComfyNode):
         fitted = audio_mode.fit_waveform(wave, clip.seconds)
         h, w = clip.frames.shape[1:3]
         return io.NodeOutput(inj.patch_model(model), {"samples": latent}, audio_output(fitted), clip.fps,
-                             clip.masked, w, h, clip.frames.shape[0])
+                             clip.masked, w, h, clip.frames.shape[0], steps, flow_shift)
 
 
 NODES = [LoadModeModules, AudioDriven, VideoDriven]

@@ -279,7 +279,7 @@ def video_graph(mask=MASK):
         "5": {"class_type": "LoadImageMask", "inputs": {"image": mask, "channel": "red"}},
         "4": {"class_type": "HunyuanCustomVideoDriven", "inputs": {
             "model": ["1", 0], "mode_modules": ["2", 0], "vae": ["23", 0], "mask": ["5", 0], "expand": 5,
-            "max_frames": 0, "video": ["3", 0]}},
+            "max_frames": 0, "steps": 50, "flow_shift": 5.0, "video": ["3", 0]}},
         **conditioning_nodes(64, 48, 9),
         **sampling_nodes("4", 5.0, "video/hc_edit"),
     }
@@ -299,8 +299,13 @@ def test_mode_nodes_schema(comfy):
     assert req["audio_strength"][1]["default"] == 0.8 and req["frames"][1]["default"] == 0
     assert "whisper-tiny" in (req["whisper_model"][1].get("options") or req["whisper_model"][0])
     video = info["HunyuanCustomVideoDriven"]
-    assert video["output"] == ["MODEL", "LATENT", "AUDIO", "FLOAT", "IMAGE", "INT", "INT", "INT"]
-    assert video["input"]["required"]["expand"][1]["default"] == 5
+    assert video["output"] == ["MODEL", "LATENT", "AUDIO", "FLOAT", "IMAGE", "INT", "INT", "INT", "INT",
+                               "FLOAT"]
+    assert video["output_name"][-2:] == ["steps", "flow_shift"]
+    req = video["input"]["required"]
+    assert req["expand"][1]["default"] == 5
+    # The released editing recipe, not ref2v's 30 / 13: the sampler takes them from these outputs.
+    assert req["steps"][1]["default"] == 50 and req["flow_shift"][1]["default"] == 5.0
     assert set(video["input"]["optional"]) == {"mode_modules", "video", "frames", "fps", "audio"}
     assert set(audio["input"]["optional"]) == {"mode_modules"}  # or from the local loader's MODEL
     loader = info["HunyuanCustomLoadModeModules"]["input"]["required"]["ckpt_name"]
@@ -375,9 +380,10 @@ def test_singing_avatar_through_local_loader_and_ref2v(comfy):
 
 
 def test_subject_replacement_through_local_loader_and_ref2v(comfy):
-    graph = local_chain({"vae": ["23", 0], "mask": ["5", 0], "expand": 5, "max_frames": 0, "video": ["3", 0]},
-                        "HunyuanCustomVideoDriven", EDITING_PT, 64, 48, "video/hc_local_edit", 5.0, 7,
-                        {"width": ["4", 5], "height": ["4", 6]})
+    graph = local_chain({"vae": ["23", 0], "mask": ["5", 0], "expand": 5, "max_frames": 0, "video": ["3", 0],
+                         "steps": 3, "flow_shift": 5.0},
+                        "HunyuanCustomVideoDriven", EDITING_PT, 64, 48, "video/hc_local_edit", 13.0, 7,
+                        {"width": ["4", 5], "height": ["4", 6], "steps": ["4", 8], "flow_shift": ["4", 9]})
     graph["3"] = {"class_type": "LoadVideo", "inputs": {"file": SOURCE}}
     graph["5"] = {"class_type": "LoadImageMask", "inputs": {"image": MASK, "channel": "red"}}
     entry = comfy.wait(comfy.queue(graph), timeout=600)
@@ -386,6 +392,8 @@ def test_subject_replacement_through_local_loader_and_ref2v(comfy):
     assert frames.shape == (9, 48, 64, 3) and abs(fps - 24) < 0.01
     d = stream_durations(path)
     assert abs(d["audio"] - d["video"]) < 1 / 24
+    # The sampler ran with the mode node's recipe widgets, not its own (2 steps, shift 13 above).
+    assert entry["outputs"]["40"]["hunyuancustom"][0]["steps"] == 3
 
 
 def test_a_model_without_mode_modules_is_refused(comfy):
