@@ -31,10 +31,13 @@ async function main() {
     try { bodies.push({ url: r.url(), text: await r.text() }); } catch { /* redirects, media */ }
   });
   try {
+    if (cfg.baseline) { await baseline(page); return; }
     await page.goto(cfg.url, { waitUntil: "load" });
     await page.waitForFunction(() => window.app?.graph && window.LiteGraph
       && Object.keys(window.LiteGraph.registered_node_types).some((t) => t.startsWith("HunyuanCustom")),
     null, { timeout: 120000 });
+    await page.waitForLoadState("networkidle");
+    report.templateDialog = await dismissTemplates(page);
     step("front end ready");
     report.extensionScriptsOnLoad = report.extensionScripts;
     report.extensionLoaded = await page.evaluate(() =>
@@ -54,17 +57,67 @@ async function main() {
         return { missing, nodes: window.app.graph.nodes.length, expected: wf.nodes.length,
           errored: window.app.graph.nodes.filter((n) => n.has_errors).map((n) => n.type) };
       }, wf);
+      report.workflows[name].dialog = await missingNodesDialog(page);
       step(`opened ${name}`);
     }
-    // A missing-nodes dialog would show up here.
-    report.missingNodesDialog = await page.locator("text=/missing node/i").count();
+    // The same check sees the dialog when a node type really is missing.
+    const unknown = { ...cfg.workflows[cfg.cloudWorkflow] };
+    unknown.nodes = unknown.nodes.map((n, i) => (i === 0 ? { ...n, type: "NoSuchNodeForTheBrowserTest" } : n));
+    await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, null); }, unknown);
+    await page.getByText(MISSING_NODES).first().waitFor({ timeout: 15000 }).catch(() => {});
+    report.missingNodesControl = await missingNodesDialog(page);
+    // Leave a complete workflow open: the front end restores it on the reload below.
+    await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, null); },
+      cfg.workflows[cfg.cloudWorkflow]);
+    report.missingNodesDialog = Object.values(report.workflows).filter((w) => w.dialog).length;
 
     await checkKey(page, bodies);
     await runCloud(page, context);
+  } catch (e) {
+    // What the page looked like when it went wrong, next to the other screenshots.
+    await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-error.png") }).catch(() => {});
+    throw e;
   } finally {
     report.bodiesWithSecret = bodies.filter((b) => b.text.includes(cfg.secret)).map((b) => b.url);
     await context.close();
   }
+}
+
+// The first visit to a fresh user folder opens the template browser; close it like a user would.
+async function dismissTemplates(page) {
+  const title = page.getByText("Get Started with a Template", { exact: true });
+  if (await title.count() === 0) return "absent";
+  await page.keyboard.press("Escape");
+  await title.waitFor({ state: "detached", timeout: 10000 });
+  return "dismissed";
+}
+
+// The front end's "Some Nodes Are Missing" warning: shown? (then closed, so the next check starts clean)
+const MISSING_NODES = /Some Nodes Are Missing/i;
+async function missingNodesDialog(page) {
+  const shown = await page.getByText(MISSING_NODES).count() > 0;
+  if (shown) {
+    await page.keyboard.press("Escape");
+    await page.getByText(MISSING_NODES).first().waitFor({ state: "detached", timeout: 10000 });
+  }
+  return shown;
+}
+
+// The stock front end without the pack (cfg.baseline): the errors it logs on its own, which the
+// pack's run may repeat but not add to. Opens the same pages the pack run opens.
+async function baseline(page) {
+  for (const load of [() => page.goto(cfg.url, { waitUntil: "load" }), () => page.reload({ waitUntil: "load" })]) {
+    await load();
+    await page.waitForFunction(() => window.app?.graph && window.app?.extensionManager?.command
+      && Object.keys(window.LiteGraph?.registered_node_types || {}).length > 0, null, { timeout: 120000 });
+    await page.waitForLoadState("networkidle");
+  }
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.ShowSettingsDialog"));
+  await page.locator(".settings-container").waitFor({ timeout: 30000 });
+  await page.keyboard.press("Escape");
+  report.extensionLoaded = await page.evaluate(() =>
+    (window.app.extensions || []).some((e) => e.name === "HunyuanCustom.Extension"));
+  step("baseline");
 }
 
 async function checkKey(page, bodies) {
@@ -86,12 +139,19 @@ async function checkKey(page, bodies) {
   report.key.domHasSecret = await page.evaluate((s) => document.documentElement.outerHTML.includes(s), cfg.secret);
   report.key.storageHasSecret = await page.evaluate((s) =>
     JSON.stringify({ ...localStorage }).includes(s) || JSON.stringify({ ...sessionStorage }).includes(s), cfg.secret);
+  // ComfyUI's own settings store and the workflow as it would be saved.
+  report.key.settingsHasSecret = await page.evaluate(async (s) =>
+    (await (await fetch("api/settings")).text()).includes(s), cfg.secret);
+  report.key.workflowHasSecret = await page.evaluate((s) =>
+    JSON.stringify(window.app.graph.serialize()).includes(s), cfg.secret);
   report.key.fileHoldsKey = fs.existsSync(cfg.keyFile) && fs.readFileSync(cfg.keyFile, "utf8").trim() === cfg.secret;
   await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-settings.png") });
 
   // A reload shows the stored key's status again (the round trip through the server).
   await page.reload({ waitUntil: "load" });
   await page.waitForFunction(() => window.app?.extensionManager?.command, null, { timeout: 120000 });
+  await page.waitForLoadState("networkidle");
+  report.key.templateDialogAfterReload = await dismissTemplates(page);
   await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.ShowSettingsDialog"));
   await page.locator(".settings-container").getByText("HunyuanCustom", { exact: true }).first().click();
   await page.waitForFunction(() => /ends with/.test(document.querySelector(".hunyuancustom-key-status")?.textContent || ""));
@@ -106,7 +166,8 @@ async function checkKey(page, bodies) {
   await page.click(".hunyuancustom-key-save");
   await page.waitForFunction(() => /ends with/.test(document.querySelector(".hunyuancustom-key-status").textContent));
   await page.keyboard.press("Escape");
-  await page.locator(".settings-container").waitFor({ state: "detached", timeout: 10000 }).catch(() => {});
+  await page.locator(".settings-container").waitFor({ state: "detached", timeout: 10000 });
+  await page.locator(".p-dialog-mask").first().waitFor({ state: "detached", timeout: 10000 });
   step("key round trip");
 }
 
@@ -130,6 +191,10 @@ async function runCloud(page, context) {
   report.run.status = await page.evaluate(() => window.__hcStatus);
   report.run.statusHiddenAfter = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
   report.run.video = await videoState(page);
+  // The workflow and the prompt the front end sent, after a run with the key set.
+  report.run.workflowHasSecret = await page.evaluate(async (s) =>
+    JSON.stringify(window.app.graph.serialize()).includes(s)
+    || JSON.stringify(await window.app.graphToPrompt()).includes(s), cfg.secret);
   step("cloud run finished");
   // The Copy button puts the task id on the clipboard.
   await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: new URL(cfg.url).origin });
@@ -211,6 +276,13 @@ async function waitForHistory(page, count) {
 
 // The <video> the front end shows on the cloud node itself (not on the Save Video node).
 async function videoState(page) {
+  // The front end adds the preview widget when the node next draws after "executed", which can
+  // come after our info line: wait for it (a missing preview still fails the test below).
+  await page.waitForFunction(() => {
+    const node = window.app.graph.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
+    return (node?.widgets || []).some((w) => w.element
+      && (w.element.tagName === "VIDEO" || w.element.querySelector?.("video")));
+  }, null, { timeout: 30000 }).catch(() => {});
   return page.evaluate(async () => {
     const node = window.app.graph.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
     const els = (node.widgets || []).map((w) => w.element).filter(Boolean);
