@@ -149,12 +149,19 @@ class AudioModules(nn.Module):
         with torch.device("meta"):
             mods = cls(AudioProjection(input_dim, inter, width, ctx),
                        [AudioCrossAttention(width, hidden) for _ in range(n_layers)])
-        try:
-            mods.load_state_dict(sd, strict=True, assign=True)
-        except RuntimeError as e:
-            raise ValidationError("audio_modules", f"{source}: audio module tensors do not match the "
-                                                   f"released layout: {str(e)[:300]}") from None
-        return mods.float().eval().requires_grad_(False)
+        return load_released(mods, sd, "audio_modules", "audio", source)
+
+
+def load_released(mods: nn.Module, sd: dict[str, torch.Tensor], field: str, what: str,
+                  source: str) -> nn.Module:
+    """Fill modules built on the meta device with a checkpoint's tensors (every key, exact shapes);
+    ready for inference in float32."""
+    try:
+        mods.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ValidationError(field, f"{source}: {what} module tensors do not match the released "
+                                     f"layout: {str(e)[:300]}") from None
+    return mods.float().eval().requires_grad_(False)
 
 
 def select_keys(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ValidationError
-from .audio import select_keys
+from .audio import load_released, select_keys
 
 KEY_PREFIXES = ("bg_in.", "bg_proj.")
 DEFAULT_EXPAND = 5
@@ -82,12 +82,7 @@ class BackgroundModules(nn.Module):
         hidden, in_ch, *patch = sd["bg_in.proj.weight"].shape
         with torch.device("meta"):
             mods = cls(in_ch, hidden, tuple(patch))
-        try:
-            mods.load_state_dict(sd, strict=True, assign=True)
-        except RuntimeError as e:
-            raise ValidationError("editing_modules", f"{source}: editing module tensors do not match the "
-                                                     f"released layout: {str(e)[:300]}") from None
-        return mods.float().eval().requires_grad_(False)
+        return load_released(mods, sd, "editing_modules", "editing", source)
 
 
 # --- source clip and mask -----------------------------------------------------------------------
