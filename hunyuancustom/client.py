@@ -128,9 +128,11 @@ def _message(resp: requests.Response) -> str:
     try:
         payload = resp.json()
         if isinstance(payload, dict):
-            msg = payload.get("message") or (payload.get("data") or {}).get("error")
-            if isinstance(msg, str) and msg.strip():
-                return msg.strip()[:500]
+            data = payload.get("data")
+            # Any JSON may come back in an error answer: read only strings, never assume shapes.
+            for msg in (payload.get("message"), data.get("error") if isinstance(data, dict) else None):
+                if isinstance(msg, str) and msg.strip():
+                    return msg.strip()[:500]
     except ValueError:
         pass
     return f"HTTP {resp.status_code} {resp.reason or ''}".strip()

@@ -25,6 +25,7 @@ from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings
 from .errors import (
     ApiError,
+    Interrupted,
     MalformedResponseError,
     NSFWError,
     OutputExpiredError,
@@ -328,11 +329,19 @@ def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageI
         if job is not None:
             job.note(release=True, status=REJECTED, error=str(e))
         raise
-    except BaseException:  # cancelled while the POST was in flight
+    except (Interrupted, KeyboardInterrupt):  # cancelled while the POST was in flight
         if job is not None:
             job.note(release=True, status=UNCERTAIN,
                      error="The run was cancelled while the submit was in flight.")
         raise
+    except Exception as e:  # the POST went out, its answer could not be handled: a task may exist
+        err = SubmitUncertainError(f"The submit's answer could not be read ({type(e).__name__}: "
+                                   f"{str(e)[:200]}); the task may or may not have been created. "
+                                   "It was not resubmitted, so you are not billed twice: check "
+                                   "your WaveSpeedAI dashboard before running again.")
+        if job is not None:
+            job.note(release=True, status=UNCERTAIN, error=str(err))
+        raise err from e
     if job is not None:
         job.note(status=pred.status if pred.status in PENDING else "created", task_id=pred.id,
                  submitted_at=time.time(), info=pred.info())

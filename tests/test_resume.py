@@ -11,6 +11,7 @@ from conftest import TEST_KEY, RecordingReporter
 from hunyuancustom.client import ClientOptions, PollSchedule
 from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import (
+    ApiError,
     Interrupted,
     MissingApiKeyError,
     OutputExpiredError,
@@ -188,6 +189,24 @@ def test_refused_submit_is_recorded_and_may_be_retried(api, image, tmp_path, fas
     api.set_scenario(Scenario())
     run(api, image, tmp_path / "a.mp4", fast, journal)
     assert api.stats()["submits"] == 1
+
+
+@pytest.mark.parametrize("answer, code", [
+    ({"status": 400, "body": {"code": 400, "data": "bad request"}}, 400),
+    ({"status": 200, "body": {"code": 400, "message": None, "data": [1]}}, 400),
+    ({"status": 422, "body": ["not", "an", "object"]}, 422),
+])
+def test_an_error_answer_of_any_shape_is_a_refusal_not_a_crash(api, image, tmp_path, fast, journal,
+                                                              answer, code):
+    # The provider refused (nothing billed): a plain API error, and the next run may submit.
+    api.set_scenario(Scenario(submit_responses=[answer]))
+    with pytest.raises(ApiError, match=f"refused the request: HTTP {code}") as err:
+        run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert not isinstance(err.value, SubmitUncertainError)
+    assert journal.list()[0].status == "rejected"
+    api.set_scenario(Scenario())
+    run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert len(posts(api)) == 2
 
 
 def test_missing_key_leaves_no_row(api, image, tmp_path, fast, journal):
