@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import ValidationError
+
 
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | None = None) -> Iterator[Path]:
@@ -26,7 +28,10 @@ def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | Non
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     try:
         if mode is not None:
-            os.fchmod(fd, mode)
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)
+            else:  # Windows before Python 3.13: no fchmod; chmod there sets only the read-only bit
+                os.chmod(tmp, mode)
         os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb+") as f:
@@ -35,3 +40,17 @@ def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | Non
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def check_writable_dir(folder: str | os.PathLike, field: str) -> None:
+    """Fail now, naming `field`, if files cannot be created in `folder` (made if missing), rather
+    than after a paid task has finished."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValidationError(field, f"cannot write files in {folder}: {e.strerror or e}. Choose a "
+                                     "folder you can write to.") from None

@@ -362,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BrokenPipeError:  # `... | head`
         return 0
+    except OSError as e:  # a file the user named could not be read or written
+        reporter.finish()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 __all__ = ["main", "build_parser", "how_to_set_key"]

@@ -54,6 +54,12 @@ def download_video(
             if attempt + 1 < attempts:
                 reporter.status(f"Download interrupted; retrying ({attempt + 2}/{attempts})")
                 sleep_fn(backoff(attempt))
+        except requests.RequestException:
+            raise
+        except OSError as e:  # our side: disk full, folder removed or read-only
+            raise DownloadError(f"Could not write the video to {dest}: {e.strerror or e}. Make room or "
+                                "choose another folder, then run again: the finished output stays "
+                                "available for about 7 days.", task_id=task_id) from None
     raise DownloadError(f"Could not download the output after {attempts} tries "
                         f"({type(last).__name__}: {last}).", task_id=task_id)
 

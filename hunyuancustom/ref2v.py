@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .atomic import replacing
+from .atomic import check_writable_dir, replacing
 from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings
 from .errors import (
@@ -122,6 +122,7 @@ def run_ref2v(
     dest = Path(dest)
     # 1. Every check that needs no network, in the order a user would fix them.
     body = validate_request(model, {**params, "image": image.url or "https://placeholder.invalid/"})
+    check_writable_dir(dest.parent, "output")
     settings = settings or load_settings()
     if journal is None:
         api_key = api_key or load_api_key()

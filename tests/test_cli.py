@@ -85,6 +85,17 @@ def test_bad_flags_exit_2_naming_the_field_before_any_request(api, ref, tmp_path
     assert api.requests == []
 
 
+def test_an_output_folder_that_cannot_be_written_fails_before_any_request(api, ref, tmp_path):
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the output folder should be")
+    proc = cli("ref2v", "--image", ref, "--prompt", "x", "-o", blocker / "out.mp4",
+               "--api-base", api.base_url)
+    assert proc.returncode == 2, proc.stderr
+    assert f"output: cannot write files in {blocker}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert api.requests == []
+
+
 def test_unreadable_image_and_missing_key(api, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")

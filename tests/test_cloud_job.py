@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +35,7 @@ from hunyuancustom.errors import (
 )
 from hunyuancustom.params import REF2V_480P, REF2V_720P
 from hunyuancustom.ref2v import ImageInput, run_ref2v
-from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario, default_video
 from hunyuancustom.video import image_to_png
 
 PARAMS = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
@@ -256,6 +261,37 @@ def test_download_size_cap(api, tmp_path, fast, image):
         run_ref2v(REF2V_720P, image, PARAMS, tmp_path / "v.mp4", settings=settings,
                   api_key=ApiKey(TEST_KEY, "t"), options=fast)
     assert not (tmp_path / "v.mp4").exists() and no_partial_files(tmp_path)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses Linux's RLIMIT_FSIZE to make writes fail")
+def test_a_write_failure_during_download_is_a_clear_error_and_leaves_no_file(api, tmp_path):
+    # A real fault: the process may write at most 1 KiB per file (as with a full disk, write()
+    # fails with an OSError), so the download fails mid-file after the task was paid for.
+    assert default_video().stat().st_size > 1024  # the served output cannot be written whole
+    out = tmp_path / "out" / "video.mp4"
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from hunyuancustom.config import ApiKey, Settings
+        from hunyuancustom.params import REF2V_720P
+        from hunyuancustom.ref2v import ImageInput, run_ref2v
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+        try:
+            run_ref2v(REF2V_720P, ImageInput(url="https://cdn.example.test/a.png"),
+                      {{"prompt": "x"}}, {str(out)!r}, settings=Settings(api_base={api.base_url!r}),
+                      api_key=ApiKey({TEST_KEY!r}, "test"))
+        except Exception as e:
+            print(type(e).__name__, "|", e)
+            sys.exit(1)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("DownloadError | Could not write the video to "), proc.stdout
+    assert "File too large" in proc.stdout and "task id" in proc.stdout
+    assert api.stats()["submits"] == 1 and api.stats()["downloads"] >= 1
+    assert list(out.parent.iterdir()) == []  # neither the video nor a part file
 
 
 # --- waiting ends when the user or the clock says so ----------------------------------------------
