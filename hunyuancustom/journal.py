@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -53,6 +54,9 @@ EXPIRED = "expired"  # completed, but the output URL expired before we saved it
 ABANDONED = "abandoned"  # an uncertain row the user chose to move past (force new)
 
 _PROCESS_TOKEN = uuid.uuid4().hex  # tells this process apart from an earlier one with the same pid
+# The rows this process holds, by (journal file, row id). For its own claims the process knows the
+# truth, whatever a failed release write left in the file.
+_HELD: set[tuple[str, int]] = set()
 _HOST = socket.gethostname()
 
 _SCHEMA = """
@@ -190,8 +194,10 @@ def _iso(t: float | None) -> str | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        return _win_pid_alive(pid)
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
@@ -199,12 +205,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _win_pid_alive(pid: int) -> bool:
+    # Never os.kill on Windows: signal 0 there is CTRL_C_EVENT, which would interrupt the other
+    # process (another ComfyUI). Ask the kernel instead.
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists, owned by another user
+    try:
+        code = wintypes.DWORD()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
 def _claim_is_live(host: str | None, pid: int | None, token: str | None, heartbeat: float | None,
                    now: float) -> bool:
+    """Whether another process's claim still stands (this process's own are in `_HELD`)."""
     if token is None:
         return False
-    if token == _PROCESS_TOKEN:
-        return True  # another job of this very process holds it
     if heartbeat is not None and now - heartbeat > STALE_CLAIM_S:
         return False
     if host == _HOST and pid is not None:
@@ -380,6 +405,7 @@ class Journal:
                         c.execute("UPDATE jobs SET owner_host=?, owner_pid=?, owner_token=?, "
                                   "heartbeat_at=?, updated_at=? WHERE id=?",
                                   (*self._owner(now), now, row.id))
+                        _HELD.add(self._held_key(row.id))
                     return Decision(kind, row)
             else:
                 c.execute("UPDATE jobs SET status=?, updated_at=? WHERE fingerprint=? AND status=?",
@@ -391,7 +417,11 @@ class Journal:
                 (fp, model, request, image_ref, seed, UPLOADING, now, now,
                  batch[0] if batch else None, batch[1] if batch else None, *self._owner(now)))
             row = self._row(c, cur.lastrowid)
+            _HELD.add(self._held_key(row.id))
         return Decision("new", row)
+
+    def _held_key(self, row_id: int) -> tuple[str, int]:
+        return (str(self.path.resolve()), row_id)
 
     def _find(self, c: sqlite3.Connection, fp: str, seed: int, batch: tuple[int, int] | None,
               now: float) -> tuple[str, JobRow] | None:
@@ -405,8 +435,11 @@ class Journal:
         fixed = seed != -1
         for row in rows:
             own_slot = batch is not None and (row.batch_id, row.batch_index) == batch
-            live = _claim_is_live(row.owner_host, row.owner_pid, row.owner_token,
-                                  row.heartbeat_at, now)
+            if row.owner_token == _PROCESS_TOKEN:
+                live = self._held_key(row.id) in _HELD  # another job of this very process
+            else:
+                live = _claim_is_live(row.owner_host, row.owner_pid, row.owner_token,
+                                      row.heartbeat_at, now)
             if row.status == DOWNLOADED:
                 if (fixed or own_slot) and row.has_video:
                     return "cached", row
@@ -451,6 +484,7 @@ class Journal:
         if "info" in values and isinstance(values["info"], dict):
             values["info"] = canonical_json(values["info"])
         if release:
+            _HELD.discard(self._held_key(row_id))  # first: released even if the write below fails
             values.update(owner_host=None, owner_pid=None, owner_token=None, heartbeat_at=None)
         elif values.get("status") in (*PENDING, SUBMITTING, UPLOADING):
             values["heartbeat_at"] = now
@@ -461,6 +495,7 @@ class Journal:
         self.update(row_id, heartbeat_at=time.time())
 
     def delete(self, row_id: int) -> None:
+        _HELD.discard(self._held_key(row_id))
         self._write("be updated", "DELETE FROM jobs WHERE id = ?", (row_id,))
 
     # --- reading ---

@@ -70,6 +70,26 @@ def test_a_live_claim_is_busy_for_a_fixed_seed_and_ignored_for_seed_minus_one(tm
         assert resumed.kind == "resume" and resumed.row.task_id == "t1"
 
 
+def test_a_release_whose_write_failed_does_not_block_this_process(tmp_path):
+    # A real fault: another connection holds the write lock while the job ends, so the release
+    # cannot be written. The process still knows it let go: the next identical run resumes the
+    # task instead of waiting for itself forever.
+    path = tmp_path / "j.sqlite3"
+    with Journal(path, busy_timeout_s=0.2) as j:
+        first = acquire(j)
+        j.update(first.row.id, status="processing", task_id="t1")
+        blocker = sqlite3.connect(str(path), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(JournalError, match="locked"):
+            j.update(first.row.id, release=True)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert j.get(first.row.id).owner_token is not None  # the file still names this process
+        resumed = acquire(j)
+        assert resumed.kind == "resume" and resumed.row.id == first.row.id
+        assert acquire(j).kind == "busy"  # and now it is held again, by the resumed job
+
+
 def test_a_claim_of_a_killed_process_is_taken_over(tmp_path):
     path = tmp_path / "j.sqlite3"
     child = python("""
