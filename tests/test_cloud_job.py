@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from hunyuancustom.errors import (
     TaskTimeoutError,
     ValidationError,
 )
+from hunyuancustom.journal import Journal
 from hunyuancustom.params import REF2V_480P, REF2V_720P
 from hunyuancustom.ref2v import ImageInput, run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario, default_video
@@ -314,6 +316,57 @@ def test_cancel_mid_poll_stops_within_a_second(api, tmp_path, image):
         run(api, image, tmp_path, slow_polls, reporter)
     assert time.monotonic() - start < 2.0  # the next poll was 30 s away
     assert api.stats()["submits"] == 1
+
+
+class CancelWhenStalled(RecordingReporter):
+    """Presses Cancel the moment the loopback server stalls mid-transfer."""
+
+    def __init__(self, api):
+        super().__init__()
+        self.api = api
+        self.cancelled_at: float | None = None
+
+    def check_interrupt(self):
+        if self.api.stalled.is_set() and self.cancelled_at is None:
+            self.cancelled_at = time.monotonic()
+            self.cancel.set()
+        super().check_interrupt()
+
+
+def join_io_workers():
+    for t in threading.enumerate():
+        if t.name == "hunyuancustom-io":
+            t.join(10)
+            assert not t.is_alive()
+
+
+def test_cancel_mid_upload_stops_within_a_second_and_submits_nothing(api, tmp_path, fast, image):
+    api.set_scenario(Scenario(upload_stall_s=30.0))
+    reporter = CancelWhenStalled(api)
+    with Journal(tmp_path / "jobs.sqlite3") as journal:
+        with pytest.raises(Interrupted):
+            run(api, image, tmp_path, fast, reporter, journal=journal)
+        assert time.monotonic() - reporter.cancelled_at < 2.0  # the answer was 30 s away
+        api.release_stalls()
+        join_io_workers()
+        assert api.stats()["submits"] == 0
+        assert journal.list() == []  # nothing reached the provider: no row to resume or block on
+        run(api, image, tmp_path, fast, journal=journal)  # and the next run goes through
+        assert api.stats()["submits"] == 1
+
+
+def test_cancel_mid_download_stops_within_a_second_and_leaves_no_file(api, tmp_path, fast, image):
+    api.set_scenario(Scenario(output_stall_s=30.0))
+    reporter = CancelWhenStalled(api)
+    with pytest.raises(Interrupted):
+        run(api, image, tmp_path, fast, reporter)
+    assert time.monotonic() - reporter.cancelled_at < 2.0  # the rest of the file was 30 s away
+    assert "Downloading video" in reporter.statuses
+    api.release_stalls()
+    join_io_workers()  # the abandoned transfer notices Cancel and removes its temporary file
+    out = tmp_path / "out"
+    assert not (out / "video.mp4").exists() and no_partial_files(tmp_path)
+    assert [p.name for p in out.iterdir()] == []
 
 
 # --- the key stays secret -------------------------------------------------------------------------

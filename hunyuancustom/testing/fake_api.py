@@ -99,6 +99,11 @@ class Scenario:
     insufficient_balance: bool = False
     # The MP4 served as every task's output; None = a small generated test video.
     video_path: str | Path | None = None
+    # Stalls, to test Cancel mid-transfer: the media upload is answered only after this long, and
+    # output downloads send half the file, then pause this long. Both end early on
+    # `release_stalls()` or when the server stops.
+    upload_stall_s: float = 0.0
+    output_stall_s: float = 0.0
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Scenario:
@@ -191,6 +196,8 @@ class FakeWaveSpeed:
         self._files: dict[str, tuple[bytes | Path, str, float]] = {}  # name -> (data, ctype, t0)
         self._counts = dict.fromkeys(("submits", "result_gets", "uploads", "downloads"), 0)
         self.errors: list[str] = []  # tracebacks of handler crashes (a test may assert it's empty)
+        self._unstall = threading.Event()
+        self.stalled = threading.Event()  # set when a transfer enters a stall
         self.set_scenario(scenario or Scenario())
 
     # --- lifecycle ---
@@ -208,6 +215,7 @@ class FakeWaveSpeed:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        self._unstall.set()
         httpd.shutdown()
         httpd.server_close()
         httpd.close_connections()  # keep-alive connections would otherwise linger in their threads
@@ -257,7 +265,18 @@ class FakeWaveSpeed:
                 "upload": _scripted_queue(new.upload_responses),
             }
             self._drops_left = new.output_drop_first_n
+            self._unstall.clear()
+            self.stalled.clear()
             return new
+
+    def release_stalls(self) -> None:
+        """End every stall now (see Scenario.upload_stall_s, output_stall_s)."""
+        self._unstall.set()
+
+    def _stall(self, seconds: float) -> None:
+        if seconds > 0:
+            self.stalled.set()
+            self._unstall.wait(seconds)
 
     @property
     def scenario(self) -> Scenario:
@@ -552,6 +571,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif endpoint == "result":
             self._send_json(*api._result(m_result.group(1)))
         else:
+            api._stall(api.scenario.upload_stall_s)
             self._upload(body)
 
     def _read_body(self) -> bytes:
@@ -639,10 +659,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # Streamed in chunks: benchmarks serve realistic multi-megabyte outputs.
         limit = size // 2 if drop else size
+        stall_at = size // 2 if isinstance(data, Path) and self.server.api.scenario.output_stall_s else None
         sent = 0
         with (open(data, "rb") if isinstance(data, Path) else io.BytesIO(data)) as f:
             while sent < limit:
-                chunk = f.read(min(_CHUNK, limit - sent))
+                if stall_at is not None and sent >= stall_at:
+                    self.wfile.flush()
+                    self.server.api._stall(self.server.api.scenario.output_stall_s)
+                    stall_at = None
+                end = limit if stall_at is None else min(limit, stall_at)
+                chunk = f.read(min(_CHUNK, end - sent))
                 if not chunk:
                     break
                 self.wfile.write(chunk)
