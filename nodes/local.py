@@ -14,7 +14,7 @@ from ..hunyuancustom.local import reference
 from ..hunyuancustom.local import sampler as local
 from ..hunyuancustom.local.comfy_model import WEIGHT_DTYPES, load_model
 from ..hunyuancustom.local.prompt import DEFAULT_NAME, NEGATIVE_NAME
-from ..hunyuancustom.params import ALL_SIZES, OFFICIAL_NEGATIVE_PROMPT, REF2V_720P, parse_size
+from ..hunyuancustom.params import ALL_SIZES, OFFICIAL_NEGATIVE_PROMPT, REF2V_720P, check_value, parse_size
 from ..hunyuancustom.video import select_image
 from .files import SUBFOLDER, preview_video
 from .widgets import widget
@@ -120,7 +120,14 @@ class LocalRef2V(io.ComfyNode):
     def execute(cls, model, vae, image, prompt, negative_prompt, size, guidance_scale, flow_shift, seed,
                 steps, num_frames, frame_rate, clip=None, clip_vision=None, positive=None, negative=None,
                 subject=DEFAULT_NAME, width=0, height=0, image_index=-1) -> io.NodeOutput:
-        # all checks before any model work
+        # all checks before any model work; the numbers against the same table as the cloud node
+        # (ComfyUI's own range check lets NaN through)
+        guidance_scale = check_value(_param("guidance_scale"), guidance_scale)
+        flow_shift = check_value(_param("flow_shift"), flow_shift)
+        seed = check_value(_param("seed"), seed)
+        negative_prompt = check_value(_param("negative_prompt"), negative_prompt)
+        if positive is None:  # the prompt is encoded only when no ready conditioning is given
+            prompt = check_value(_param("prompt"), prompt)
         ref_image = select_image(image, image_index)
         w, h = parse_size(size)
         if width or height:

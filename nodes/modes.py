@@ -146,7 +146,8 @@ class AudioDriven(io.ComfyNode):
                 io.Combo.Input("whisper_model", options=whisper_choices(),
                                default=audio_mode.WHISPER_FOLDER,
                                tooltip="Folder in ComfyUI/models/audio_encoders with openai/whisper-tiny."),
-                io.Float.Input("audio_strength", default=audio_mode.DEFAULT_STRENGTH, min=0.0, max=2.0,
+                io.Float.Input("audio_strength", default=audio_mode.DEFAULT_STRENGTH, min=0.0,
+                               max=audio_mode.MAX_STRENGTH,
                                step=0.05, tooltip="Scale of the audio's effect (released default 0.8)."),
                 io.Int.Input("frames", default=0, min=0, max=1025,
                              tooltip="0: follow the audio (longest 4k+1 frames it covers at 25 fps); "
@@ -167,6 +168,7 @@ class AudioDriven(io.ComfyNode):
     @classmethod
     def execute(cls, model, audio, whisper_model, audio_strength, frames, width, height,
                 mode_modules: ModeModules | None = None) -> io.NodeOutput:
+        audio_strength = audio_mode.check_strength(audio_strength)
         mods = resolve_modules(model, mode_modules).require_audio()
         check_model(model, mods.width, max(mods.insert_after) + 1)
         check_size(width, height)
@@ -175,7 +177,7 @@ class AudioDriven(io.ComfyNode):
         windows = audio_mode.audio_windows(wave, whisper_features(whisper_model), n)
         t = (n - 1) // 4 + 1
         inj = ModeInjection((t, height // 8, width // 8),
-                            audio=AudioCondition(mods, windows, float(audio_strength)))
+                            audio=AudioCondition(mods, windows, audio_strength))
         latent = torch.zeros(1, 16, t, height // 8, width // 8)
         fitted = audio_mode.fit_waveform(wave, n / audio_mode.FPS)
         return io.NodeOutput(inj.patch_model(model), {"samples": latent}, audio_output(fitted),

@@ -326,6 +326,19 @@ def test_bad_frames_is_refused_with_the_field_name(server):
     assert err is not None and "num_frames" in json.dumps(err)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("guidance_scale", float("nan"), "guidance_scale: must be a finite number"),
+    ("flow_shift", float("nan"), "flow_shift: must be a finite number"),
+])
+def test_non_finite_numbers_are_refused_before_any_model_work(server, field, value, message):
+    # ComfyUI's own min/max check lets NaN through (every comparison with NaN is false).
+    graph = _graph()
+    graph["6"]["inputs"][field] = value
+    entry = server.wait(server.queue(graph), timeout=300, raise_on_error=False)
+    err = execution_error(entry)
+    assert err is not None and message in json.dumps(err), err
+
+
 def test_example_workflow_matches_object_info(server):
     assert check_ui_workflow(json.loads(WORKFLOW.read_text()), server.object_info()) == []
 

@@ -18,12 +18,14 @@ from modes_models import (
 
 from hunyuancustom.errors import ValidationError
 from hunyuancustom.modes.audio import (
+    DEFAULT_STRENGTH,
     AudioCrossAttention,
     AudioModules,
     AudioProjection,
     Waveform,
     WhisperFeatures,
     audio_windows,
+    check_strength,
     fit_waveform,
     frame_windows,
     latent_frame_tokens,
@@ -156,6 +158,13 @@ def test_bad_audio_is_refused_with_the_field_named(audio, text):
     with pytest.raises(ValidationError) as e:
         waveform_from_audio(audio)
     assert e.value.field == "audio" and text in str(e.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.1, 2.5, "0.8", True])
+def test_audio_strength_outside_its_range_is_refused_by_name(value):
+    with pytest.raises(ValidationError, match="audio_strength: must be a finite number from 0 to 2"):
+        check_strength(value)
+    assert check_strength(0) == 0.0 and check_strength(DEFAULT_STRENGTH) == 0.8
 
 
 def test_resampling_keeps_a_tone_and_the_duration():

@@ -36,6 +36,7 @@ STEPS_PER_FRAME = 2
 CHUNK_SECONDS = 30  # whisper's fixed input length
 INSERT_AFTER_DOUBLE_BLOCKS = (1, 3, 5, 7, 9, 11)
 DEFAULT_STRENGTH = 0.8
+MAX_STRENGTH = 2.0  # the node's range: 0 turns the audio off, above 1 exaggerates it
 MAX_FRAMES = 1025  # 41 s at 25 fps; the released clips are 129 frames
 KEY_PREFIXES = ("audio_proj.", "audio_models.")
 WHISPER_FOLDER = "whisper-tiny"
@@ -383,3 +384,12 @@ def audio_windows(wave: Waveform, whisper: WhisperFeatures, frames: int) -> torc
     if covered < frames:
         windows[:, covered:] = 0
     return windows
+
+
+def check_strength(value: float) -> float:
+    """`audio_strength` as a float in [0, MAX_STRENGTH]; NaN and infinities are refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0.0 <= value <= MAX_STRENGTH:
+        raise ValidationError("audio_strength", f"must be a finite number from 0 to {MAX_STRENGTH:g}, "
+                                                f"got {value!r}")
+    return float(value)
