@@ -37,6 +37,8 @@ class Prediction:
             "task_id": self.id,
             "model": self.model,
             "status": self.status,
+            # As the API names it (data.timings.inference, ms), and flat for quick reading.
+            "timings": {"inference": self.inference_ms},
             "inference_ms": self.inference_ms,
             "has_nsfw_contents": list(self.has_nsfw_contents),
             "created_at": self.created_at,

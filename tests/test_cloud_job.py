@@ -82,6 +82,7 @@ def test_image_tensor_to_decoded_video(api, tmp_path, fast, reporter):
     info = result.info()
     assert info["task_id"] and info["status"] == "completed"
     assert isinstance(info["inference_ms"], int) and info["has_nsfw_contents"] == [False]
+    assert info["timings"] == {"inference": info["inference_ms"]}  # the API's own name
     assert info["model"] == REF2V_720P.model_id
     json.dumps(info)  # the node's info output is JSON
 
