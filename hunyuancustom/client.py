@@ -35,6 +35,7 @@ from .errors import (
     ServerError,
     SubmitUncertainError,
     TaskFailedError,
+    TaskNotFoundError,
     TaskTimeoutError,
 )
 from .prediction import PENDING, TERMINAL_FAILED, Prediction, parse_envelope, parse_prediction
@@ -136,6 +137,17 @@ def _message(resp: requests.Response) -> str:
     except ValueError:
         pass
     return f"HTTP {resp.status_code} {resp.reason or ''}".strip()
+
+
+def _envelope_code(resp: requests.Response) -> int | None:
+    """The `code` of the API's own `{code, message, data}` JSON answer; None for anything else
+    (a proxy's or a wrong host's page)."""
+    try:
+        payload = resp.json()
+    except ValueError:
+        return None
+    code = payload.get("code") if isinstance(payload, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
@@ -298,6 +310,9 @@ class WaveSpeedClient:
     def result(self, task_id: str) -> Prediction:
         try:
             resp = self._send("GET", f"{self.api_base}/predictions/{task_id}/result", idempotent=True)
+            if resp.status_code in (200, 404) and _envelope_code(resp) == 404:
+                raise TaskNotFoundError(f"The API at {self.api_base} does not know this task "
+                                        f"({_message(resp)}).", status=404, task_id=task_id)
             return parse_prediction(self._json(resp))
         except ApiError as e:
             if e.task_id:

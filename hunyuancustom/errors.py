@@ -73,6 +73,10 @@ class SubmitUncertainError(ApiError):
     """
 
 
+class TaskNotFoundError(ApiError):
+    """The API itself (its JSON envelope, not a proxy's page) answered 404 for a task id."""
+
+
 class TaskFailedError(ApiError):
     """The task ended with status failed (or cancelled/timeout) on the provider."""
 

@@ -38,7 +38,7 @@ from .config import data_dir
 from .errors import ConfigError
 
 JOURNAL_FILE_NAME = "jobs.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.api_base
 STALE_CLAIM_S = 300.0  # a claim not refreshed for this long is abandoned (hung or remote process)
 HEARTBEAT_S = 30.0  # how often a waiting job refreshes its claim
 
@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner_host TEXT,
     owner_pid INTEGER,
     owner_token TEXT,
-    heartbeat_at REAL
+    heartbeat_at REAL,
+    api_base TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, status);
 CREATE INDEX IF NOT EXISTS jobs_task ON jobs (task_id);
@@ -163,6 +164,7 @@ class JobRow:
     owner_pid: int | None = None
     owner_token: str | None = None
     heartbeat_at: float | None = None
+    api_base: str | None = None  # the API root the task was submitted to (where it can be polled)
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> JobRow:
@@ -183,7 +185,7 @@ class JobRow:
             "finished": _iso(self.finished_at), "inference_ms": self.inference_ms,
             "output_path": self.output_path, "output_url": self.output_url, "error": self.error,
             "request": self.request, "image": self.image_ref, "fingerprint": self.fingerprint,
-            "batch_id": self.batch_id, "batch_index": self.batch_index,
+            "batch_id": self.batch_id, "batch_index": self.batch_index, "api_base": self.api_base,
         }
 
 
@@ -302,6 +304,9 @@ class Journal:
                     for stmt in _SCHEMA.split(";"):
                         if stmt.strip():
                             c.execute(stmt)
+                    columns = {r[1] for r in c.execute("PRAGMA table_info(jobs)")}
+                    if "api_base" not in columns:  # a version-1 journal: keep its rows
+                        c.execute("ALTER TABLE jobs ADD COLUMN api_base TEXT")
                     c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 c.execute("SELECT count(*) FROM jobs").fetchone()  # a damaged file fails here
 

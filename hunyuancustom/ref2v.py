@@ -31,6 +31,7 @@ from .errors import (
     OutputExpiredError,
     SubmitUncertainError,
     TaskFailedError,
+    TaskNotFoundError,
     ValidationError,
 )
 from .journal import (
@@ -220,16 +221,19 @@ class _Job:
 def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path, reporter: Reporter,
          settings: Settings, api_key: ApiKey, decode: bool, options: ClientOptions | None,
          job: _Job | None) -> Ref2VResult:
-    with WaveSpeedClient(api_key, settings.api_base, reporter=reporter,
+    resumed = job is not None and job.resumed
+    # A task is polled where it was submitted, whatever the settings say now.
+    api_base = (job.row.api_base if resumed else None) or settings.api_base
+    with WaveSpeedClient(api_key, api_base, reporter=reporter,
                          options=options or ClientOptions()) as client:
-        if job is not None and job.resumed:
-            reporter.status(f"Resuming task {job.row.task_id} (submitted earlier; not submitted again)")
+        if resumed:
+            where = "" if api_base == settings.api_base.rstrip("/") else f" at {api_base}"
+            reporter.status(f"Resuming task {job.row.task_id}{where} (submitted earlier; not "
+                            "submitted again)")
             reporter.progress(0.05)
             try:
                 pred = client.result(job.row.task_id)
-            except ApiError as e:
-                if e.status != 404:
-                    raise
+            except TaskNotFoundError as e:  # the API itself says so, not a proxy's 404 page
                 job.note(release=True, status=EXPIRED, error=f"The provider no longer knows this "
                          f"task ({e}); it cannot be resumed.")
                 raise _TaskGone() from None
@@ -308,7 +312,7 @@ def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageI
         reporter.progress(0.05)
         # Recorded before the POST: a crash from here on leaves a row that says so.
         if job is not None:
-            job.journal.update(job.row.id, status=SUBMITTING)
+            job.journal.update(job.row.id, status=SUBMITTING, api_base=client.api_base)
     except BaseException:
         if job is not None:  # nothing reached the provider: the row would only mislead
             try:

@@ -5,9 +5,12 @@ Every test talks to the real loopback API server and a real SQLite journal in th
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from conftest import TEST_KEY, RecordingReporter
+from hunyuancustom import journal as journal_module
 from hunyuancustom.client import ClientOptions, PollSchedule
 from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import (
@@ -17,12 +20,13 @@ from hunyuancustom.errors import (
     OutputExpiredError,
     SubmitUncertainError,
     TaskFailedError,
+    TaskNotFoundError,
     TaskTimeoutError,
 )
 from hunyuancustom.journal import Journal
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import ImageInput, run_ref2v
-from hunyuancustom.testing.fake_api import Scenario
+from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
 from hunyuancustom.testing.media import make_test_image, png_bytes
 
 FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
@@ -272,3 +276,58 @@ def test_a_pending_task_the_provider_forgot_is_submitted_anew(api, image, tmp_pa
     assert result.extra["source"] == "new" and result.prediction.id != lost
     assert api.stats()["submits"] == 1
     assert journal.get(lost).status == "expired" and "no longer knows" in journal.get(lost).error
+
+
+def test_a_404_page_that_is_not_the_api_s_answer_never_causes_a_resubmit(api, image, tmp_path,
+                                                                          journal):
+    # A proxy or a wrong host answering 404 does not prove the task is gone: paying again on
+    # its word would bill twice. The run fails, the task stays pending, the next run resumes it.
+    api.set_scenario(Scenario(processing_polls=3))
+    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
+    slow = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
+    with pytest.raises(Interrupted):
+        run(api, image, tmp_path / "a.mp4", slow, journal, reporter=cancel)
+    task_id = api.task_ids()[0]
+    api.set_scenario(Scenario(processing_polls=0, result_responses=[
+        {"status": 404, "raw": "<html><h1>404 Not Found</h1></html>"}]))
+    with pytest.raises(ApiError, match="HTTP 404") as err:
+        run(api, image, tmp_path / "a.mp4", slow, journal)
+    assert not isinstance(err.value, TaskNotFoundError) and err.value.task_id == task_id
+    assert journal.get(task_id).status == "processing"
+    result = run(api, image, tmp_path / "a.mp4", slow, journal)
+    assert result.prediction.id == task_id and result.extra["source"] == "resumed"
+    assert len(posts(api)) == 1
+
+
+def test_a_task_is_resumed_at_the_api_root_it_was_submitted_to(api, image, tmp_path, journal):
+    api.set_scenario(Scenario(processing_polls=3))
+    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
+    slow = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
+    with pytest.raises(Interrupted):
+        run(api, image, tmp_path / "a.mp4", slow, journal, reporter=cancel)
+    task_id = api.task_ids()[0]
+    assert journal.get(task_id).api_base == api.base_url
+    with FakeWaveSpeed() as other:  # the settings now name another root, which has no such task
+        reporter = RecordingReporter()
+        result = run(other, image, tmp_path / "a.mp4", slow, journal, reporter=reporter)
+        assert other.requests == []
+    assert result.prediction.id == task_id and len(posts(api)) == 1
+    assert any(s.startswith(f"Resuming task {task_id} at {api.base_url}") for s in reporter.statuses)
+
+
+def test_a_version_1_journal_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    v1 = journal_module._SCHEMA.replace(",\n    api_base TEXT\n", "\n")
+    assert v1 != journal_module._SCHEMA
+    with sqlite3.connect(path) as c:
+        c.executescript(v1)
+        c.execute("INSERT INTO jobs (fingerprint, model, request, image_ref, seed, status, task_id, "
+                  "created_at, updated_at) VALUES ('f', 'm', '{}', 'r', 5, 'processing', 't-old', 1, 1)")
+        c.execute("PRAGMA user_version = 1")
+    c.close()
+    with Journal(path) as j:
+        row = j.get("t-old")
+        assert row.status == "processing" and row.api_base is None
+        j.update(row.id, api_base="https://api.example.test/api/v2")
+        assert j.get("t-old").api_base == "https://api.example.test/api/v2"
+        assert j._conn.execute("PRAGMA user_version").fetchone()[0] == journal_module.SCHEMA_VERSION
