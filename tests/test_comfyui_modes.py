@@ -33,8 +33,8 @@ from comfyui_harness import (
     skip_reason,
 )
 from hunyuancustom.modes.audio import Waveform
-from hunyuancustom.modes.mux import stream_durations, write_video, write_wav
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from hunyuancustom.testing.mux import stream_durations, write_video, write_wav
 from hunyuancustom.video import decode_frames
 from workflow_check import check_ui_workflow
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hunyuancustom.modes.audio import Waveform
-from hunyuancustom.modes.mux import stream_durations, write_video
+from hunyuancustom.testing.mux import stream_durations, write_video
 from hunyuancustom.video import decode_frames
 
 

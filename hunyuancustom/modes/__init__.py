@@ -6,7 +6,6 @@
   bg_in / bg_proj added to the patch-embedded video tokens.
 - `inject`: applies either through ComfyUI core's per-block replacement patches.
 - `checkpoint`: reads just these modules from a checkpoint file (or a loader's set-aside extras).
-- `mux`: writes the result with its audio track (outside ComfyUI).
 
 Module and key names follow the released checkpoints (`audio_proj.*`, `audio_models.{0..5}.*`,
 `bg_in.proj.*`, `bg_proj.*`), so their tensors load as they are.

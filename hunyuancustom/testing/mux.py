@@ -1,7 +1,9 @@
-"""Write frames plus an audio track to one MP4, in sync (outside ComfyUI: CLI, scripts, tests).
+"""Write frames plus an audio track to one MP4, in sync, and read the streams' durations back.
 
-ComfyUI nodes return core's VIDEO with the audio attached instead; both paths trim or pad the
-audio to the video's exact duration first (`audio.fit_waveform`), so the streams end together.
+Test support: the tests make their audio/video inputs with it and check the sync of what the
+nodes produce. The nodes themselves return core's VIDEO with the audio attached; both trim or pad
+the audio to the video's exact duration first (`modes.audio.fit_waveform`), so the streams end
+together.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic import replacing
-from .audio import Waveform, fit_waveform
+from ..modes.audio import Waveform, fit_waveform
 
 
 def write_wav(path: str | Path, wave: Waveform) -> None:
