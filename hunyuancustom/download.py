@@ -90,7 +90,8 @@ def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: threading
         if resp.status_code != 200:
             raise DownloadError(f"The output URL answered HTTP {resp.status_code}.",
                                 status=resp.status_code, task_id=task_id)
-        expected = int(resp.headers.get("Content-Length") or 0) or None
+        length = resp.headers.get("Content-Length", "")
+        expected = int(length) if length.isdigit() and int(length) > 0 else None  # else: unknown
         if expected and expected > max_bytes:
             raise DownloadError(f"The output is {expected} bytes, over the {max_bytes}-byte cap "
                                 "(setting max_download_bytes).", task_id=task_id)

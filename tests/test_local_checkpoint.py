@@ -78,6 +78,22 @@ def test_fp8_pt_without_map_names_the_missing_file(tmp_path):
         read_checkpoint(path)
 
 
+def test_a_damaged_or_code_carrying_fp8_map_is_a_checkpoint_error(tmp_path):
+    path, _ = write_released_fp8(tmp_path / "w_fp8.pt", backbone_state_dict())
+    fp8_map_path(path).write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="w_fp8_map.pt cannot be read with torch.load"):
+        read_checkpoint(path)
+    torch.save({"double_blocks.0.img_attn_qkv": torch.nn.Linear(1, 1)}, fp8_map_path(path))
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_checkpoint(path)
+
+
+def test_the_scales_file_is_named_after_the_checkpoint_whatever_its_suffix(tmp_path):
+    assert fp8_map_path(tmp_path / "mp_rank_00_model_states_fp8.pt").name == \
+        "mp_rank_00_model_states_fp8_map.pt"
+    assert fp8_map_path(tmp_path / "w_fp8.pth").name == "w_fp8_map.pt"
+
+
 def test_scaled_safetensors_with_prefix(tmp_path):
     sd = backbone_state_dict()
     path, scales = write_scaled_safetensors(tmp_path / "hunyuan_custom_fp8_scaled.safetensors", sd)

@@ -215,8 +215,9 @@ def scaled_to_dequantized(sd: dict, dtype=torch.bfloat16) -> dict:
 # ---- files ------------------------------------------------------------------------------------
 
 def fp8_map_path(path: str | os.PathLike) -> Path:
+    """The released scales file beside an fp8 checkpoint: `x_fp8.pt` -> `x_fp8_map.pt`."""
     p = Path(path)
-    return p.with_name(p.name[: -len(".pt")] + "_map.pt")
+    return p.with_name(p.stem + "_map.pt")
 
 
 def _torch_load(path: Path) -> dict:
@@ -250,7 +251,14 @@ def _load_scales(path: Path) -> dict:
     if not map_path.is_file():
         raise CheckpointError(f"{path.name} stores fp8 weights but its scales file {map_path.name} is "
                               "missing; put the released *_map.pt next to it")
-    scales = strip_prefix(torch.load(map_path, map_location="cpu", weights_only=True))
+    try:
+        scales = torch.load(map_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the reason goes into the message
+        raise CheckpointError(f"{map_path.name} cannot be read with torch.load(weights_only=True): "
+                              f"{e}") from e
+    if not isinstance(scales, dict):
+        raise CheckpointError(f"{map_path.name} holds a {type(scales).__name__}, not a dict of scales")
+    scales = strip_prefix(scales)
     odd = sorted(k for k, v in scales.items() if torch.as_tensor(v).numel() != 1)
     if odd:  # the released maps hold one scale per Linear (max|w| / 448)
         raise CheckpointError(f"{map_path.name}: expected one scale per layer, got more for {_listing(odd)}")
