@@ -25,6 +25,7 @@ from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings
 from .errors import (
     ApiError,
+    DownloadError,
     Interrupted,
     MalformedResponseError,
     NSFWError,
@@ -136,14 +137,18 @@ def run_ref2v(
     # A saved result needs neither the key nor the network.
     if not force_new and seed != -1:
         row = journal.peek_cached(fp)
-        if row is not None:
-            return _from_cache(row, dest, decode, cache_copy, reporter)
+        cached = _from_cache(journal, row, dest, decode, cache_copy, reporter) if row else None
+        if cached is not None:
+            return cached
     api_key = api_key or load_api_key()
     reporter.check_interrupt()
     while True:
         decision = _decide(journal, fp, model, request, image_ref, seed, force_new, batch, reporter)
         if decision.kind == "cached":
-            return _from_cache(decision.row, dest, decode, cache_copy, reporter)
+            cached = _from_cache(journal, decision.row, dest, decode, cache_copy, reporter)
+            if cached is not None:
+                return cached
+            continue  # the saved file was damaged: its task is fetched again, decide anew
         job = _Job(journal, decision.row, resumed=decision.kind == "resume")
         try:
             return _run(model, image, body, dest, reporter, settings, api_key, decode, options, job)
@@ -369,14 +374,21 @@ def _upload(client: WaveSpeedClient, image: ImageInput, settings: Settings, job:
         return url
 
 
-def _from_cache(row: JobRow, dest: Path, decode: bool, cache_copy: bool,
-                reporter: Reporter) -> Ref2VResult:
-    """The saved video of an earlier identical job: no request, not even for the key."""
+def _from_cache(journal: Journal, row: JobRow, dest: Path, decode: bool, cache_copy: bool,
+                reporter: Reporter) -> Ref2VResult | None:
+    """The saved video of an earlier identical job: no request, not even for the key. None when
+    that file no longer decodes: the row then says its task's video must be fetched again."""
     path = Path(row.output_path)
+    try:
+        vinfo = probe(path)
+    except DownloadError as e:
+        journal.update(row.id, status="completed", output_path=None,
+                       error=f"The saved video no longer decodes ({e}); it is fetched again.")
+        reporter.status(f"The saved video of task {row.task_id} is damaged; fetching it again")
+        return None
     if cache_copy and dest.resolve() != path.resolve():
         copy_atomic(path, dest)
         path = dest
-    vinfo = probe(path)
     pred = Prediction(id=row.task_id or "", model=row.model, status="completed",
                       outputs=(row.output_url,) if row.output_url else (),
                       has_nsfw_contents=tuple(bool(x) for x in row.info.get("has_nsfw_contents", [])),

@@ -28,6 +28,7 @@ from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import ImageInput, run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
 from hunyuancustom.testing.media import make_test_image, png_bytes
+from hunyuancustom.video import probe
 
 FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
 RANDOM = {"prompt": "A man is writing a letter at his desk.", "seed": -1}
@@ -105,6 +106,19 @@ def test_deleted_saved_video_is_not_a_cache_hit(api, image, tmp_path, fast, jour
     (tmp_path / "a.mp4").unlink()
     again = run(api, image, tmp_path / "b.mp4", fast, journal)
     assert again.extra["source"] == "new" and (tmp_path / "b.mp4").exists()
+
+
+def test_a_damaged_saved_video_is_fetched_again_from_its_task(api, image, tmp_path, fast, journal):
+    first = run(api, image, tmp_path / "a.mp4", fast, journal)
+    (tmp_path / "a.mp4").write_bytes(b"\x00" * 1000)  # e.g. clobbered by another program
+    reporter = RecordingReporter()
+    again = run(api, image, tmp_path / "b.mp4", fast, journal, reporter=reporter)
+    assert again.extra["source"] == "resumed" and again.prediction.id == first.prediction.id
+    assert len(posts(api)) == 1 and api.stats()["downloads"] == 2  # fetched, not paid again
+    assert probe(tmp_path / "b.mp4").frames > 1
+    assert any("damaged; fetching it again" in s for s in reporter.statuses)
+    third = run(api, image, tmp_path / "c.mp4", fast, journal)  # and the cache works again
+    assert third.extra["source"] == "cache" and api.stats()["downloads"] == 2
 
 
 # --- resume instead of resubmit ------------------------------------------------------------------
