@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import folder_paths
+import torch
 from comfy_api.latest import InputImpl, io, ui
 
 from ..hunyuancustom.batch import BatchJob, run_batch
@@ -18,7 +19,7 @@ from ..hunyuancustom.errors import ApiError, ValidationError
 from ..hunyuancustom.journal import Journal
 from ..hunyuancustom.params import DEFAULT_PROMPT, REF2V_480P, REF2V_720P, CloudModel
 from ..hunyuancustom.ref2v import ImageInput
-from ..hunyuancustom.video import image_to_png
+from ..hunyuancustom.video import image_to_png, select_image
 from .cloud import SUBFOLDER, force_new_input, ref2v_widgets, rerun_fingerprint, saved_result
 from .progress import ComfyReporter
 
@@ -88,15 +89,17 @@ class _CloudBatch(io.ComfyNode):
         lines = [line.strip() for line in prompts.splitlines() if line.strip()]
         if not lines:
             raise ValidationError("prompts", "give at least one prompt (one per line)")
-        if images.ndim != 4 or images.shape[0] < 1:
-            raise ValidationError("images", f"expected an IMAGE batch, got shape {tuple(images.shape)}")
-        pairs = pair_jobs(images.shape[0], lines, combine)
+        # Each image gets the cloud node's checks (shape, size, finite pixels) before any request.
+        count = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() == 4 else 1
+        pngs = [image_to_png(select_image(images, i, "images")) for i in range(count)]
+        if not pngs:
+            raise ValidationError("images", "the image batch is empty")
+        pairs = pair_jobs(len(pngs), lines, combine)
         if len(pairs) > MAX_JOBS:
             raise ValidationError("prompts", f"{len(pairs)} jobs is more than {MAX_JOBS} in one run")
         shared = {"negative_prompt": negative_prompt, "size": size, "guidance_scale": guidance_scale,
                   "flow_shift": flow_shift, "seed": seed,
                   "enable_safety_checker": enable_safety_checker}
-        pngs = [image_to_png(images[i]) for i in range(images.shape[0])]
         full_dir, name, counter, _, _ = folder_paths.get_save_image_path(
             f"{SUBFOLDER}/batch_{cls.MODEL.label}", folder_paths.get_output_directory())
         jobs = [BatchJob(image=ImageInput(png=pngs[i]), params={**shared, "prompt": lines[p]},

@@ -230,6 +230,22 @@ def test_batch_node_runs_every_pair_and_shares_the_widgets(comfy, api):
     assert api.requests == []
 
 
+def test_batch_node_checks_each_image_before_any_request(comfy, api):
+    api.reset()
+    widgets = {"prompts": "The person waves.", "combine": "every image x every prompt",
+               "negative_prompt": "", "size": "1280*720", "guidance_scale": 7.5, "flow_shift": 13.0,
+               "seed": 22, "enable_safety_checker": True, "concurrency": 2}
+    g = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 2,
+                                                     "color": 0}},
+        "2": {"class_type": "HunyuanCustomCloudBatch720p", "inputs": {"images": ["1", 0], **widgets}},
+    }
+    entry = comfy.wait(comfy.queue(g), timeout=120, raise_on_error=False)
+    err = json.dumps(execution_error(entry))
+    assert "images: is 8x8 pixels; at least 16x16 is needed" in err, err
+    assert api.requests == []
+
+
 def test_cache_hit_after_a_comfyui_restart_makes_no_request(comfy, api):
     """Restart the server (ComfyUI's own cache is gone): the journal still has the video."""
     first = comfy.wait(comfy.queue(graph(seed=31)))
