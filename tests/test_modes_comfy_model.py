@@ -19,7 +19,7 @@ from modes_models import audio_state_dict, editing_state_dict
 from comfyui_harness import import_comfy, requires_comfyui
 from hunyuancustom.modes.audio import AudioModules
 from hunyuancustom.modes.editing import BackgroundModules
-from hunyuancustom.modes.inject import AudioCondition, BackgroundCondition, ModeInjection
+from hunyuancustom.modes.inject import MODEL_KEY, AudioCondition, BackgroundCondition, ModeInjection
 
 pytestmark = requires_comfyui
 
@@ -31,7 +31,8 @@ REF_TOKENS, VIDEO_TOKENS = 6, 18
 @pytest.fixture(scope="module")
 def comfy():
     core = import_comfy()
-    return {"hv": core.ldm.hunyuan_video.model, "ops": core.ops, "sd": core.sd, "sample": core.sample}
+    return {"hv": core.ldm.hunyuan_video.model, "ops": core.ops, "sd": core.sd, "sample": core.sample,
+            "mm": core.model_management}
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,14 @@ def test_core_sampler_runs_both_branches_through_the_patched_model(comfy, model,
     spied.set_model_patch_replace(spy, "dit", "double_block", 1)
     inj = ModeInjection(LATENT, audio=audio_injection(audio_mods).audio,
                         background=bg_injection(bg_mods).background)
-    result = sample(inj.patch_model(spied))
+    patched = inj.patch_model(spied)
+    # The modules travel with the MODEL as ComfyUI models of their own ...
+    managed = patched.get_additional_models_with_key(MODEL_KEY)
+    assert [p.model for p in managed] == [audio_mods, bg_mods]
+    result = sample(patched)
+    # ... so core's model management loaded them with the transformer (and may offload them).
+    loaded = [lm.model.model for lm in comfy["mm"].current_loaded_models if lm.model is not None]
+    assert any(x is audio_mods for x in loaded) and any(x is bg_mods for x in loaded)
     assert result.shape == plain.shape and bool(torch.isfinite(result).all())
     assert not torch.allclose(result, plain)
     # Both branches went through the patched blocks, each labelled by core's sampler.

@@ -135,7 +135,9 @@ def sample(model_patcher, positive: Branch, negative: Branch | None, shape, *, s
     model = model_patcher.model
     if load:
         memory = model.memory_required([1, *shape[1:]]) * 1.5  # one branch per call
-        mm.load_models_gpu([model_patcher], memory_required=memory)
+        # With the mode modules a MODEL carries (see modes.inject), as core's own sampler does.
+        mm.load_models_gpu([model_patcher, *model_patcher.get_nested_additional_models()],
+                           memory_required=memory)
     device = model_patcher.load_device
     sigmas = flow_sigmas(steps, flow_shift).to(device)
     base_options = dict(model_patcher.model_options.get("transformer_options", {}))

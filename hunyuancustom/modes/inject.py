@@ -90,11 +90,13 @@ class ModeInjection:
                                             "was prepared for")
         return ref
 
-    def _audio_tokens(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per latent frame audio tokens [1, t, 4*m, C] for the positive and the negative branch."""
-        key = ("audio", device, dtype)
+    def _audio_tokens(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per latent frame audio tokens [1, t, 4*m, C] for the positive and the negative branch,
+        in the modules' own dtype."""
+        key = ("audio", device)
         if key not in self._cache:
-            mods = self.audio.modules.to(device=device, dtype=dtype)
+            mods = self.audio.modules
+            dtype = _on_device(mods, device)
             w = self.audio.windows.to(device=device, dtype=dtype)
             with torch.no_grad():
                 pos = mods.audio_proj(w)
@@ -106,9 +108,10 @@ class ModeInjection:
     def _background_tokens(self, device, dtype) -> torch.Tensor:
         key = ("bg", device, dtype)
         if key not in self._cache:
-            mods = self.background.modules.to(device=device, dtype=dtype)
+            mods = self.background.modules
+            own = _on_device(mods, device)
             with torch.no_grad():
-                self._cache[key] = mods(self.background.latent.to(device=device, dtype=dtype))
+                self._cache[key] = mods(self.background.latent.to(device=device, dtype=own)).to(dtype)
         return self._cache[key]
 
     def add_background(self, img: torch.Tensor) -> torch.Tensor:
@@ -118,7 +121,7 @@ class ModeInjection:
 
     def add_audio(self, layer: int, img: torch.Tensor, transformer_options: dict) -> torch.Tensor:
         ref = self._split(img)
-        pos, neg = self._audio_tokens(img.device, img.dtype)
+        pos, neg = self._audio_tokens(img.device)
         b = img.shape[0]
         branches = list(transformer_options.get("cond_or_uncond") or [POSITIVE])
         if b % len(branches):
@@ -128,7 +131,7 @@ class ModeInjection:
         t, hw = self.frames_tokens
         video = img[:, ref:].reshape(b, t, hw, img.shape[-1])
         with torch.no_grad():
-            update = self.audio.modules.audio_models[layer](tokens, video)
+            update = self.audio.modules.audio_models[layer](tokens, video.to(tokens.dtype)).to(img.dtype)
         return torch.cat([img[:, :ref], img[:, ref:] + self.audio.strength * update.reshape(b, t * hw, -1)],
                          dim=1)
 
@@ -176,9 +179,38 @@ class ModeInjection:
         return to
 
     def patch_model(self, model):
-        """A clone of a ComfyUI MODEL (ModelPatcher) with the patches installed."""
+        """A clone of a ComfyUI MODEL (ModelPatcher) with the patches installed, and the modules
+        handed to ComfyUI's model management with it: loaded to the GPU with the transformer,
+        offloaded when memory is needed, never left behind on their own."""
         m = model.clone()
         existing = (m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {}))
         for (name, index), fn in self.patches(existing).items():
             m.set_model_patch_replace(fn, "dit", name, index)
+        mods = [c.modules for c in (self.audio, self.background) if c is not None]
+        m.set_additional_models(MODEL_KEY, [_patcher(x, m) for x in mods])
         return m
+
+
+MODEL_KEY = "hunyuancustom_modes"
+
+
+def _patcher(mods: torch.nn.Module, model):
+    """One ModelPatcher per module set (kept on it), so model management sees one model."""
+    import comfy.model_patcher
+
+    patcher = mods.__dict__.get("_comfy_patcher")
+    if patcher is None or (patcher.load_device, patcher.offload_device) != (model.load_device,
+                                                                             model.offload_device):
+        patcher = comfy.model_patcher.ModelPatcher(mods, load_device=model.load_device,
+                                                   offload_device=model.offload_device)
+        mods.__dict__["_comfy_patcher"] = patcher
+    return patcher
+
+
+def _on_device(mods: torch.nn.Module, device) -> torch.dtype:
+    """The modules' dtype, after making sure they sit on `device`. Model management has normally
+    put them there already; only a caller that bypassed it (a bare forward) moves them here."""
+    p = next(mods.parameters())
+    if p.device != torch.device(device):
+        mods.to(device)
+    return p.dtype
