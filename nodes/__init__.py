@@ -7,18 +7,19 @@ import logging
 
 from comfy_api.latest import ComfyExtension, io
 
-# Each module exports NODES. A module whose optional dependencies are missing is skipped with a
-# log line instead of taking the whole pack down.
+# Each module exports NODES. A module that cannot be imported (a missing optional dependency, a
+# ComfyUI version whose core API moved) is skipped with its traceback in the log, so one broken
+# group of nodes never takes the others down: the cloud nodes need nothing from core's models.
 _MODULES = ("cloud", "batch", "compose", "modes", "local")
 
 
-def node_list() -> list[type[io.ComfyNode]]:
+def node_list(modules: tuple[str, ...] = _MODULES, package: str = __name__) -> list[type[io.ComfyNode]]:
     nodes: list[type[io.ComfyNode]] = []
-    for name in _MODULES:
+    for name in modules:
         try:
-            module = importlib.import_module(f".{name}", __name__)
-        except ImportError as e:
-            logging.warning("[HunyuanCustom] nodes.%s not loaded: %s", name, e)
+            module = importlib.import_module(f".{name}", package)
+        except Exception:
+            logging.exception("[HunyuanCustom] nodes.%s not loaded; the pack's other nodes are", name)
             continue
         nodes.extend(module.NODES)
     return nodes

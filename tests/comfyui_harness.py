@@ -81,6 +81,22 @@ def import_comfy():
     return comfy
 
 
+def import_pack(name: str = "hc_pack_under_test"):
+    """This pack imported as ComfyUI imports it (a package named after its folder), in-process,
+    after `import_comfy`; returns the package."""
+    import_comfy()
+    if name not in sys.modules:
+        import importlib.util
+
+        root = Path(__file__).resolve().parent.parent
+        spec = importlib.util.spec_from_file_location(name, root / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
 class ComfyError(AssertionError):
     """ComfyUI refused a prompt, a run failed, or the server misbehaved. An AssertionError so
     pytest shows it as a test failure with its message in full."""

@@ -31,6 +31,8 @@ def test_server_starts_and_imports_the_pack_from_the_repository(comfy):
     # Core lists every custom node folder it tried, with " (IMPORT FAILED)" for failures.
     assert f"custom_nodes/{PACK_DIR_NAME}" in comfy.log_text(), comfy.log_tail()
     assert not comfy.pack_import_failed(), comfy.log_tail()
+    # Every group of nodes loaded (a failing one is skipped with a "not loaded" line).
+    assert "[HunyuanCustom] nodes." not in comfy.log_text(), comfy.log_tail()
 
 
 def test_cloud_nodes_are_registered(comfy):

@@ -10,13 +10,11 @@ negative branches. Run with ComfyUI's interpreter:
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from modes_models import audio_state_dict, editing_state_dict
 
-from comfyui_harness import import_comfy, requires_comfyui
+from comfyui_harness import import_comfy, import_pack, requires_comfyui
 from hunyuancustom.modes.audio import AudioModules
 from hunyuancustom.modes.editing import BackgroundModules
 from hunyuancustom.modes.inject import MODEL_KEY, AudioCondition, BackgroundCondition, ModeInjection
@@ -162,19 +160,10 @@ def test_core_sampler_runs_both_branches_through_the_patched_model(comfy, model,
 
 @pytest.fixture(scope="module")
 def pack(comfy):
-    """This pack imported as ComfyUI imports it (a package), for its node helpers."""
-    import importlib.util
-    from pathlib import Path
+    """The pack's modes nodes module, imported as ComfyUI imports the pack."""
+    import importlib
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("hc_pack_under_test", root / "__init__.py",
-                                                  submodule_search_locations=[str(root)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["hc_pack_under_test"] = mod
-    spec.loader.exec_module(mod)
-    import hc_pack_under_test.nodes.modes as modes
-
-    return modes
+    return importlib.import_module(import_pack().__name__ + ".nodes.modes")
 
 
 def test_unreadable_or_empty_source_video_is_refused_by_name(pack):
