@@ -25,6 +25,7 @@ from .errors import ConfigError, MissingApiKeyError
 DEFAULT_API_BASE = "https://api.wavespeed.ai/api/v2"
 KEY_ENV = "WAVESPEED_API_KEY"
 BASE_ENV = "WAVESPEED_API_BASE"
+KEY_ROUTES_ENV = "HUNYUANCUSTOM_KEY_ROUTES"  # "off": no key management over ComfyUI's HTTP server
 KEY_FILE_NAME = "api_key"
 SETTINGS_FILE_NAME = "settings.json"
 
@@ -176,3 +177,10 @@ def load_settings() -> Settings:
     if settings.timeout_s <= 0:
         raise ConfigError("timeout_s must be positive")
     return Settings(**{**settings.__dict__, "api_base": settings.api_base.rstrip("/")})
+
+
+def key_routes_enabled() -> bool:
+    """Whether the key may be set, read or deleted through ComfyUI's server (Settings dialog).
+    Turned off with HUNYUANCUSTOM_KEY_ROUTES=off, for machines where loopback is not only the
+    owner: other user accounts, a reverse proxy on the same host."""
+    return os.environ.get(KEY_ROUTES_ENV, "").strip().lower() not in ("0", "off", "false", "no")

@@ -11,8 +11,12 @@ to a local server, so every key request must pass three checks:
   write must be `application/json`, which a cross-site page cannot send without a CORS preflight
   that ComfyUI does not answer.
 
-A local program without Origin (curl on the same machine) is allowed: it could read the key file
-anyway. The function is pure so each refusal is tested without a server.
+A request that says it came through a proxy (Forwarded, X-Forwarded-*, X-Real-IP, Via) is
+refused: behind a reverse proxy on the same machine every visitor would otherwise look local. A
+proxy that adds none of these, and other accounts on the same machine, cannot be told apart from
+the owner's browser: such setups turn the routes off (`HUNYUANCUSTOM_KEY_ROUTES=off`, see
+`config.key_routes_enabled`). A local program without Origin (curl) is allowed, as it is the
+owner's own machine. The function is pure so each refusal is tested without a server.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import urllib.parse
 from dataclasses import dataclass
 
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+# Headers a proxy adds to say whom it forwards for.
+PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+                 "X-Real-IP", "Via")
 
 
 @dataclass(frozen=True)
@@ -56,11 +63,16 @@ def _split_host(value: str) -> tuple[str | None, int | None]:
 
 def check_key_request(*, method: str, remote: str | None, host: str | None, origin: str | None,
                       sec_fetch_site: str | None, content_type: str | None,
-                      scheme: str = "http") -> Refusal | None:
-    """None when the request may touch the key; otherwise why not, with the HTTP status."""
+                      scheme: str = "http", proxied: bool = False) -> Refusal | None:
+    """None when the request may touch the key; otherwise why not, with the HTTP status.
+    `proxied`: the request carries one of PROXY_HEADERS."""
     if not is_loopback_host(remote):
         return Refusal(403, "the API key can only be managed from the ComfyUI machine itself "
                             "(the request came from another address)")
+    if proxied:
+        return Refusal(403, "the API key can only be managed from the ComfyUI machine itself "
+                            "(the request came through a proxy); set it there with the "
+                            "WAVESPEED_API_KEY environment variable or the key file")
     host_name, host_port = _split_host(host or "")
     if not is_loopback_host(host_name):
         return Refusal(403, "the API key can only be managed through a loopback address "

@@ -4,9 +4,10 @@ GET    /hunyuancustom/key  -> {"set", "source", "last4"}  (never the key)
 POST   /hunyuancustom/key  {"key": "..."} -> the same status, key stored in the pack's key file
 DELETE /hunyuancustom/key  -> the same status, key file removed
 
-Every request passes `key_guard.check_key_request` (loopback peer, loopback Host, same origin,
-JSON writes). The key goes from the request body straight to the 0600 key file: it is never
-logged, echoed or kept in ComfyUI's settings store.
+Every request passes `key_guard.check_key_request` (loopback peer, no proxy, loopback Host, same
+origin, JSON writes); HUNYUANCUSTOM_KEY_ROUTES=off refuses them all. The key goes from the
+request body straight to the 0600 key file: it is never logged, echoed or kept in ComfyUI's
+settings store.
 """
 
 from __future__ import annotations
@@ -18,16 +19,22 @@ from aiohttp import web
 
 from ..hunyuancustom import config
 from ..hunyuancustom.errors import ConfigError
-from ..hunyuancustom.key_guard import check_key_request, check_key_value
+from ..hunyuancustom.key_guard import PROXY_HEADERS, Refusal, check_key_request, check_key_value
 
 ROUTE = "/hunyuancustom/key"
 
 
 def _refused(request: web.Request) -> web.Response | None:
-    refusal = check_key_request(
-        method=request.method, remote=request.remote, host=request.headers.get("Host"),
-        origin=request.headers.get("Origin"), sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
-        content_type=request.headers.get("Content-Type"), scheme=request.scheme)
+    if not config.key_routes_enabled():
+        refusal = Refusal(403, f"managing the API key from the browser is turned off on this "
+                               f"ComfyUI ({config.KEY_ROUTES_ENV}=off); set it on the ComfyUI "
+                               f"machine with {config.KEY_ENV} or the key file")
+    else:
+        refusal = check_key_request(
+            method=request.method, remote=request.remote, host=request.headers.get("Host"),
+            origin=request.headers.get("Origin"), sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
+            content_type=request.headers.get("Content-Type"), scheme=request.scheme,
+            proxied=any(h in request.headers for h in PROXY_HEADERS))
     if refusal is None:
         return None
     logging.warning("[HunyuanCustom] refused %s %s from %s: %s", request.method, ROUTE,

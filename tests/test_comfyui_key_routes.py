@@ -2,7 +2,8 @@
 
 The settings dialog's own requests (loopback, same origin, JSON) set, read and delete the key;
 every other kind of request is refused and leaves the key file as it was: another machine (even
-with a forged Host), a DNS-rebinding page, a cross-origin page, a form-style POST. The key is
+with a forged Host), a request through a reverse proxy, a DNS-rebinding page, a cross-origin page,
+a form-style POST; and none at all when the routes are turned off. The key is
 never in a response, ComfyUI's settings store or its log.
 """
 
@@ -135,6 +136,27 @@ def test_cross_origin_page_is_refused(comfy, method):
                     {"Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"}):
         refused(comfy, method, comfy.url + ROUTES[0], headers)
     assert key_file(comfy).read_text() == SECRET
+
+
+@pytest.mark.parametrize("header", [("X-Forwarded-For", "203.0.113.9"), ("Forwarded", "for=203.0.113.9"),
+                                    ("X-Real-IP", "203.0.113.9"), ("Via", "1.1 nginx")])
+def test_a_request_through_a_reverse_proxy_is_refused(comfy, header):
+    # A proxy on the same machine connects from loopback for every visitor; what it adds gives it
+    # away, even on a request that otherwise looks like the settings dialog's own.
+    key_file(comfy).write_text(SECRET)
+    for method in ("GET", "POST", "DELETE"):
+        r = refused(comfy, method, comfy.url + ROUTES[0], {**same_origin(comfy), header[0]: header[1]})
+        assert "through a proxy" in r.json()["error"]
+    assert key_file(comfy).read_text() == SECRET
+
+
+def test_the_routes_can_be_turned_off(tmp_path):
+    with running_comfyui(tmp_path, env_extra={"HUNYUANCUSTOM_KEY_ROUTES": "off"}) as off:
+        key_file(off).write_text(SECRET)
+        for method in ("GET", "POST", "DELETE"):
+            r = refused(off, method, off.url + ROUTES[0], same_origin(off))
+            assert "turned off" in r.json()["error"] and "WAVESPEED_API_KEY" in r.json()["error"]
+        assert key_file(off).read_text() == SECRET
 
 
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded"])

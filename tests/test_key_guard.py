@@ -46,6 +46,13 @@ def test_another_machine_is_refused_even_with_forged_headers():
     assert check(remote=None).status == 403
 
 
+def test_a_request_through_a_proxy_is_refused_even_from_loopback():
+    # A reverse proxy on the same machine connects from 127.0.0.1 for every visitor.
+    refusal = check(proxied=True)
+    assert refusal is not None and refusal.status == 403 and "through a proxy" in refusal.reason
+    assert check(proxied=True, method="GET", content_type=None).status == 403
+
+
 def test_dns_rebinding_host_is_refused():
     # A page on evil.example that re-resolved its name to 127.0.0.1: same origin as itself.
     refusal = check(host="evil.example:8188", origin="http://evil.example:8188")
