@@ -79,10 +79,16 @@ function keySettingElement() {
 const active = new Map(); // node id -> { node, started, text, progress }
 
 function findNode(id) {
-  const graph = app.graph;
-  if (!graph) return null;
-  // Inside a subgraph the execution id is "outer:inner"; the last part is the node in view.
-  return graph.getNodeById(id) ?? graph.getNodeById(String(id).split(":").pop()) ?? null;
+  // Inside subgraphs the execution id is a path "outer:inner:...": each part is a node of the
+  // graph the previous one holds, starting from the root graph.
+  let graph = app.rootGraph ?? app.graph;
+  let node = null;
+  for (const part of String(id).split(":")) {
+    node = graph?.getNodeById(part) ?? null;
+    if (!node) return null;
+    graph = node.subgraph;
+  }
+  return node;
 }
 
 function panelOf(node) {
@@ -136,7 +142,8 @@ function formatElapsed(seconds) {
   return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
 }
 
-function drawStatus(entry) {
+function drawStatus(entry, id) {
+  if (!entry.node.graph) { active.delete(id); return; } // removed, or its workflow was closed
   const el = panelOf(entry.node);
   if (!el) return;
   const box = el.querySelector(".hunyuancustom-status");
@@ -170,7 +177,7 @@ function onStatus({ detail }) {
   entry.text = detail.text;
   entry.progress = detail.progress ?? 0;
   active.set(id, entry);
-  drawStatus(entry);
+  drawStatus(entry, id);
 }
 
 function describeResult(info) {
@@ -199,6 +206,14 @@ function showResult(node, line) {
   box.hidden = false;
   box.dataset.copy = line.copy;
   box.querySelector(".hunyuancustom-info-text").textContent = line.text;
+}
+
+// A new node's seed starts with "control after generate" on fixed, not the front end's randomize:
+// with randomize every queue is a new request, so a run stopped by Cancel could never be resumed
+// (and would be paid twice). A node loaded from a workflow gets its saved setting afterwards.
+function fixedSeedByDefault(node) {
+  const control = node.widgets?.find((w) => w.name === "control_after_generate");
+  if (control) control.value = "fixed";
 }
 
 // The front end's own video preview widget marks itself `serialize = false`, but its prompt
@@ -259,21 +274,25 @@ app.registerExtension({
     api.addEventListener("execution_interrupted", clearAll);
     api.addEventListener("execution_success", clearAll);
     // Tick the elapsed time between the server's polls (at least once a second).
-    setInterval(() => active.forEach(drawStatus), 500);
+    setInterval(() => active.forEach((entry, id) => drawStatus(entry, id)), 500);
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData.name?.startsWith("HunyuanCustom")) return;
     const makesVideo = (nodeData.output || []).some((t) => t === "VIDEO" || (Array.isArray(t) && t.includes("VIDEO")));
-    if (!makesVideo) return;
+    const hasSeed = "seed" in (nodeData.input?.required ?? {});
 
     const created = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const r = created?.apply(this, arguments);
-      addPanel(this);
-      keepPreviewOutOfPrompt(this);
+      if (hasSeed) fixedSeedByDefault(this);
+      if (makesVideo) {
+        addPanel(this);
+        keepPreviewOutOfPrompt(this);
+      }
       return r;
     };
+    if (!makesVideo) return;
 
     const executed = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {

@@ -199,6 +199,17 @@ def test_every_example_workflow_opens_without_missing_nodes(browser_run):
     assert report["templateDialog"] == "dismissed"
 
 
+def test_a_new_node_keeps_its_seed_so_a_cancelled_run_can_resume(browser_run):
+    # With the front end's default (randomize, as core's KSampler shows) every queue would be a
+    # new request: a run stopped by Cancel could not be resumed and would be paid again.
+    report, _ = browser_run
+    fresh = report["seedControl"]["fresh"]
+    assert fresh.pop("KSampler") == "randomize"
+    assert fresh == dict.fromkeys(("HunyuanCustomCloudRef2V720p", "HunyuanCustomCloudBatch720p",
+                                   "HunyuanCustomLocalRef2V"), "fixed")
+    assert report["seedControl"]["loaded"] == "increment"  # a workflow's own setting wins
+
+
 def test_key_setting_round_trips_without_exposing_the_key(browser_run):
     report, _ = browser_run
     key = report["key"]

@@ -43,6 +43,20 @@ async function main() {
     report.extensionLoaded = await page.evaluate(() =>
       (window.app.extensions || []).some((e) => e.name === "HunyuanCustom.Extension"));
 
+    // A new node's seed control, beside core's KSampler; and a saved setting that wins on load.
+    report.seedControl = await page.evaluate(async (wf) => {
+      const control = (n) => n?.widgets?.find((w) => w.name === "control_after_generate")?.value ?? null;
+      const fresh = {};
+      for (const type of ["HunyuanCustomCloudRef2V720p", "HunyuanCustomCloudBatch720p",
+        "HunyuanCustomLocalRef2V", "KSampler"]) fresh[type] = control(window.LiteGraph.createNode(type));
+      const saved = JSON.parse(JSON.stringify(wf));
+      const cloud = saved.nodes.find((n) => n.type.startsWith("HunyuanCustomCloudRef2V"));
+      cloud.widgets_values[cloud.widgets_values.indexOf("fixed")] = "increment";
+      await window.app.loadGraphData(saved, true, true, null);
+      const loaded = control(window.app.graph.nodes.find((n) => n.type === cloud.type));
+      return { fresh, loaded };
+    }, cfg.workflows[cfg.cloudWorkflow]);
+
     // Each example workflow: every node type known, nothing reported missing.
     for (const [name, wf] of Object.entries(cfg.workflows)) {
       report.workflows[name] = await page.evaluate(async (wf) => {
