@@ -69,11 +69,12 @@ class _CloudBatch(io.ComfyNode):
                 force_new_input(),
             ],
             outputs=[
-                io.Video.Output("videos", is_output_list=True,
+                io.Video.Output("videos", display_name="videos", is_output_list=True,
                                 tooltip="One VIDEO per finished job, in job order (failed jobs "
                                         "are left out; see summary)."),
-                io.String.Output("summary", tooltip="JSON: each job's image, prompt, outcome, "
-                                                    "task id, output file or error."),
+                io.String.Output("summary", display_name="summary",
+                                 tooltip="JSON: each job's image, prompt, outcome, task id, output "
+                                         "file or error."),
             ],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,

@@ -46,7 +46,7 @@ class LocalModelLoader(io.ComfyNode):
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
                                tooltip="Storage dtype of the weights in memory (default: ComfyUI decides)."),
             ],
-            outputs=[io.Model.Output("model")],
+            outputs=[io.Model.Output("model", display_name="model")],
         )
 
     @classmethod
@@ -106,7 +106,9 @@ class LocalRef2V(io.ComfyNode):
                 io.Int.Input("image_index", default=-1, min=-1, max=4095, optional=True,
                              tooltip="Which image of a batch to use; -1 accepts a single image only."),
             ],
-            outputs=[io.Video.Output("video"), io.Image.Output("frames"), io.Float.Output("fps")],
+            outputs=[io.Video.Output("video", display_name="video"),
+                     io.Image.Output("frames", display_name="frames"),
+                     io.Float.Output("fps", display_name="fps")],
             hidden=[io.Hidden.unique_id],
         )
     # (inputs num_frames / frame_rate: ComfyUI ids must differ from the outputs frames / fps)

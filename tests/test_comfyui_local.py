@@ -366,6 +366,10 @@ def test_shared_widgets_equal_the_cloud_node(server):
     assert set(cloud_in["size"][1]["options"]) <= set(local_in["size"][1]["options"])
     assert local_in["steps"][1]["default"] == 30 and local_in["num_frames"][1]["default"] == 129
     assert local_in["frame_rate"][1]["default"] == 25.0
+    # and the same outputs, by type and by name, as far as the cloud node's go
+    local_out, cloud_out = info["HunyuanCustomLocalRef2V"], info["HunyuanCustomCloudRef2V720p"]
+    assert local_out["output"] == cloud_out["output"][:3]
+    assert local_out["output_name"] == cloud_out["output_name"][:3] == ["video", "frames", "fps"]
 
 
 def test_bf16_file_stored_in_fp8_by_core(comfy, files):

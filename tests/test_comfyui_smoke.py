@@ -44,6 +44,8 @@ def test_cloud_nodes_are_registered(comfy):
         node = info[name]
         assert node["python_module"] == f"custom_nodes.{PACK_DIR_NAME}"
         assert node["output"][0] == "VIDEO"
+        # The sockets carry the names the README documents, not just their types.
+        assert node["output_name"] == ["video", "frames", "fps", "url", "info"]
         assert {"image", "prompt"} <= set(node["input"]["required"])
 
 
