@@ -9,6 +9,9 @@ and an input of the same type.
 from __future__ import annotations
 
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# Node types of the front end itself (not in /object_info, never sent to the server), with their
+# widget values: a note's text.
+FRONTEND_ONLY = {"Note": 1, "MarkdownNote": 1}
 
 
 def _widgets(spec: dict) -> list[tuple[str, str, dict, list | None]]:
@@ -42,6 +45,13 @@ def check_ui_workflow(wf: dict, object_info: dict) -> list[str]:
     problems: list[str] = []
     nodes = {n["id"]: n for n in wf.get("nodes", [])}
     for node in nodes.values():
+        if node["type"] in FRONTEND_ONLY:
+            values = node.get("widgets_values") or []
+            if len(values) != FRONTEND_ONLY[node["type"]] or not all(isinstance(v, str) for v in values):
+                problems.append(f"node {node['id']} ({node['type']}): expected its text, got {values!r}")
+            if node.get("inputs") or node.get("outputs"):
+                problems.append(f"node {node['id']} ({node['type']}): a note has no sockets")
+            continue
         spec = object_info.get(node["type"])
         if spec is None:
             problems.append(f"node {node['id']}: missing node type {node['type']}")
