@@ -36,7 +36,10 @@ function keySettingElement() {
   const input = document.createElement("input");
   input.className = "hunyuancustom-key-input p-inputtext";
   input.type = "password";
-  input.autocomplete = "off";
+  // Not a site login: keep browsers and password managers from filling or saving it.
+  input.autocomplete = "new-password";
+  for (const attr of ["data-lpignore", "data-1p-ignore", "data-bwignore"]) input.setAttribute(attr, "true");
+  input.setAttribute("data-form-type", "other");
   input.spellcheck = false;
   input.placeholder = "paste a new key";
   const save = document.createElement("button");
