@@ -229,9 +229,11 @@ def _win_pid_alive(pid: int) -> bool:
 
 def _claim_is_live(host: str | None, pid: int | None, token: str | None, heartbeat: float | None,
                    now: float) -> bool:
-    """Whether another process's claim still stands (this process's own are in `_HELD`)."""
+    """Whether a claim still stands. Jobs check this process's own claims in `_HELD` first."""
     if token is None:
         return False
+    if token == _PROCESS_TOKEN:
+        return True  # another run of this very process holds it
     if heartbeat is not None and now - heartbeat > STALE_CLAIM_S:
         return False
     if host == _HOST and pid is not None:
