@@ -2,7 +2,7 @@
 
     python -m hunyuancustom ref2v --image ref.png --prompt "..." -o out.mp4
     python -m hunyuancustom batch jobs.jsonl -o videos/ --concurrency 2
-    python -m hunyuancustom jobs [--status S] | jobs show ID
+    python -m hunyuancustom jobs [--status S] | jobs show ID | jobs prune --older-than 30d
 
 Flags are generated from the parameter table (params.py), so they always match the nodes.
 Every job is recorded in the job journal (journal.py): rerunning a command resumes its pending
@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(after checking the dashboard: the next run submits anew)")
     ab.add_argument("id", help="journal id or task id")
     ab.set_defaults(handler=cmd_jobs_abandon)
+    pr = js.add_parser("prune", help="forget finished jobs older than an age or date (saved videos "
+                                     "stay; pending and uncertain jobs are always kept)")
+    pr.add_argument("--older-than", required=True,
+                    help="an age (30d, 12h) or a date (2026-11-24): jobs last changed before it")
+    pr.add_argument("--dry-run", action="store_true", help="only count what would be forgotten")
+    pr.set_defaults(handler=cmd_jobs_prune)
     from .local.convert import add_convert_command  # local checkpoints (the "local" helper)
     add_convert_command(sub)
     return parser
@@ -260,7 +266,7 @@ def cmd_batch(args: argparse.Namespace, reporter: StderrReporter) -> int:
 # --- jobs -------------------------------------------------------------------------------------------
 
 
-def _since(value: str) -> float:
+def _since(value: str, field: str = "since") -> float:
     import re
     import time
     from datetime import datetime
@@ -272,8 +278,8 @@ def _since(value: str) -> float:
     try:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
-        raise ValidationError("since", f"{value!r} is neither a date (2026-11-24) nor an age "
-                                       "(90m, 12h, 7d)") from None
+        raise ValidationError(field, f"{value!r} is neither a date (2026-11-24) nor an age "
+                                     "(90m, 12h, 7d)") from None
 
 
 def _local(t: float | None) -> str:
@@ -317,6 +323,21 @@ def cmd_jobs_abandon(args: argparse.Namespace, reporter: StderrReporter) -> int:
                                         "can be abandoned")
         journal.update(row.id, status=ABANDONED)
     print(f"job {row.id} abandoned: the next identical request is submitted anew", file=sys.stderr)
+    return 0
+
+
+def cmd_jobs_prune(args: argparse.Namespace, reporter: StderrReporter) -> int:
+    from .journal import Journal
+
+    before = _since(args.older_than, field="older_than")
+    with Journal.open_default() as journal:
+        n = journal.prune(before, dry_run=args.dry_run)
+    jobs = f"{n} finished job{'' if n == 1 else 's'} last changed before {_local(before)}"
+    if args.dry_run:
+        print(f"{jobs} would be forgotten", file=sys.stderr)
+    else:
+        print(f"forgot {jobs}; their videos stay on disk, but identical requests are no longer "
+              "served from them", file=sys.stderr)
     return 0
 
 

@@ -52,6 +52,7 @@ DOWNLOADED = "downloaded"  # the video is saved at output_path
 FAILED = "failed"  # the task failed (or the safety checker blocked its output)
 EXPIRED = "expired"  # completed, but the output URL expired before we saved it
 ABANDONED = "abandoned"  # an uncertain row the user chose to move past (force new)
+FINISHED = (DOWNLOADED, FAILED, REJECTED, EXPIRED, ABANDONED)  # nothing left to resume or pay
 
 _PROCESS_TOKEN = uuid.uuid4().hex  # tells this process apart from an earlier one with the same pid
 # The rows this process holds, by (journal file, row id). For its own claims the process knows the
@@ -541,6 +542,23 @@ class Journal:
 
     def iter_all(self) -> Iterator[JobRow]:
         yield from reversed(self.list(limit=None))
+
+    def prune(self, before: float, *, dry_run: bool = False) -> int:
+        """Forget finished jobs (FINISHED) last updated before `before` (a timestamp), with the
+        upload records and finished batches of that age; return how many jobs. Rows of tasks that
+        may still exist or be paid for (uploading, submitting, uncertain, created, processing,
+        completed) are always kept: they are what prevents a second payment. Saved videos stay
+        on disk, but an identical request afterwards is no longer served from them."""
+        marks = ",".join("?" * len(FINISHED))
+        with self._guard("be pruned"), self._tx() as c:
+            n = c.execute(f"SELECT count(*) FROM jobs WHERE status IN ({marks}) AND updated_at < ?",  # noqa: S608
+                          (*FINISHED, before)).fetchone()[0]
+            if not dry_run:
+                c.execute(f"DELETE FROM jobs WHERE status IN ({marks}) AND updated_at < ?",  # noqa: S608
+                          (*FINISHED, before))
+                c.execute("DELETE FROM uploads WHERE uploaded_at < ?", (before,))
+                c.execute("DELETE FROM batches WHERE status = 'finished' AND finished_at < ?", (before,))
+        return n
 
     # --- uploads ---
 

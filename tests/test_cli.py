@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hunyuancustom.journal import Journal, default_path
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
 from hunyuancustom.testing.media import make_test_image
 from hunyuancustom.video import probe
@@ -243,6 +245,34 @@ def test_jobs_lists_and_shows_the_ledger(api, ref, tmp_path):
     assert "test-key" not in cli("jobs", "--json").stdout
     proc = cli("jobs", "show", "nope")
     assert proc.returncode == 2 and "no job" in proc.stderr
+
+
+def test_jobs_prune_forgets_old_finished_jobs_only(api, ref, tmp_path):
+    for prompt in ("old done", "recent done"):
+        assert cli("ref2v", "--image", ref, "--prompt", prompt, "--seed", 7, "-o",
+                   tmp_path / f"{prompt}.mp4", "--api-base", api.base_url).returncode == 0
+    with Journal.open_default() as j:
+        d = j.acquire("f" * 64, model="m", request="{}", image_ref="r", seed=1)
+        j.update(d.row.id, status="processing", task_id="still-running", release=True)
+        d = j.acquire("e" * 64, model="m", request="{}", image_ref="r", seed=1)
+        j.update(d.row.id, status="uncertain", release=True)
+        rows = {r.request.get("prompt", r.status): r.id for r in j.list()}
+    month_ago = time.time() - 30 * 86400
+    with sqlite3.connect(default_path()) as c:  # age every row but the recent one
+        c.execute("UPDATE jobs SET updated_at = ? WHERE id != ?", (month_ago, rows["recent done"]))
+    c.close()
+
+    proc = cli("jobs", "prune", "--older-than", "7d", "--dry-run")
+    assert proc.returncode == 0
+    assert "1 finished job last changed before" in proc.stderr and "would be" in proc.stderr
+    assert len(json.loads(cli("jobs", "--json").stdout)) == 4
+    proc = cli("jobs", "prune", "--older-than", "7d")
+    assert proc.returncode == 0 and "forgot 1 finished job last" in proc.stderr
+    left = {r["status"] for r in json.loads(cli("jobs", "--json").stdout)}
+    assert left == {"downloaded", "processing", "uncertain"}  # recent, and what prevents paying twice
+    assert (tmp_path / "old done.mp4").is_file()  # videos are never deleted
+    proc = cli("jobs", "prune", "--older-than", "soon")
+    assert proc.returncode == 2 and "older_than: 'soon' is neither a date" in proc.stderr
 
 
 def test_a_damaged_journal_stops_before_any_request(api, ref, tmp_path):
