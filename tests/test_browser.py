@@ -295,3 +295,14 @@ def test_failure_clears_the_status_line(browser_run):
     assert "Processing" in failure["statusBefore"] or "Queued" in failure["statusBefore"]
     assert "execution_error" in failure["events"][-1], failure["events"]
     assert failure["statusHidden"] is True
+
+
+def test_inside_a_subgraph_the_status_and_result_reach_the_inner_node(browser_run):
+    report, _ = browser_run
+    sub = report["subgraph"]
+    assert sub["outerId"] is not None and sub["hasPanel"], sub
+    assert "execution_success" in sub["events"][-1], sub["events"]
+    assert any("Processing" in s or "Queued" in s for s in sub["statusSeen"]), sub
+    assert sub["statusHiddenAfter"] is True
+    assert sub["info"] and sub["info"].startswith("task "), sub
+

@@ -87,6 +87,7 @@ async function main() {
 
     await checkKey(page, bodies);
     await runCloud(page, context);
+    await runInSubgraph(page);
   } catch (e) {
     // What the page looked like when it went wrong, next to the other screenshots.
     await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-error.png") }).catch(() => {});
@@ -268,6 +269,44 @@ async function runCloud(page, context) {
   report.failure.events = failed.entries.map((e) => e.map((m) => m[0]));
   report.failure.statusHidden = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
   step("failure");
+}
+
+// The cloud node inside a subgraph: its execution id is "outer:inner", and the status line and
+// the result line must reach that inner node.
+async function runInSubgraph(page) {
+  await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, null); },
+    cfg.workflows[cfg.cloudWorkflow]);
+  report.subgraph = await page.evaluate(() => {
+    const g = window.app.graph;
+    const cloud = g.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
+    cloud.widgets.find((w) => w.name === "force_new").value = true; // a new task, not the cache
+    const made = g.convertToSubgraph(new Set([cloud]));
+    const outer = made?.node ?? g.nodes.find((n) => n.subgraph);
+    const inner = outer?.subgraph?.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
+    window.__hcInner = inner;
+    window.__hcInnerStatus = [];
+    const panel = inner?.widgets?.find((w) => w.name === "hunyuancustom_panel")?.element;
+    if (panel) {
+      new MutationObserver(() => {
+        const el = panel.querySelector(".hunyuancustom-status");
+        if (!el.hidden) window.__hcInnerStatus.push(el.textContent.trim());
+      }).observe(panel, { subtree: true, childList: true, characterData: true, attributes: true });
+    }
+    return { outerId: outer?.id ?? null, innerId: inner?.id ?? null, hasPanel: Boolean(panel) };
+  });
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  const done = await waitForHistory(page, 5);
+  report.subgraph.events = done.entries.map((e) => e.map((m) => m[0]));
+  Object.assign(report.subgraph, await page.evaluate(() => {
+    const panel = window.__hcInner?.widgets?.find((w) => w.name === "hunyuancustom_panel")?.element;
+    return {
+      statusSeen: window.__hcInnerStatus,
+      statusHiddenAfter: panel?.querySelector(".hunyuancustom-status").hidden ?? null,
+      info: panel?.querySelector(".hunyuancustom-info")?.hidden === false
+        ? panel.querySelector(".hunyuancustom-info-text").textContent : null,
+    };
+  }));
+  step("subgraph");
 }
 
 // Poll the server's queue and history (as a client would) until `count` prompts have finished.
