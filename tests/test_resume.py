@@ -52,6 +52,19 @@ def posts(api):
     return [r for r in api.requests if r.method == "POST" and "/wavespeed-ai/" in r.path]
 
 
+# Polls 10 ms apart, so a test reaches "processing" at once.
+FAST_POLLS = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
+
+
+def cancelled_mid_poll(api, image, tmp_path, journal, params=FIXED) -> str:
+    """Submit a job and press Cancel while it is processing; return its (still pending) task id."""
+    api.set_scenario(Scenario(processing_polls=3))
+    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
+    with pytest.raises(Interrupted):
+        run(api, image, tmp_path / "a.mp4", FAST_POLLS, journal, params=params, reporter=cancel)
+    return api.task_ids()[0]
+
+
 # --- the result cache ---------------------------------------------------------------------------
 
 
@@ -126,16 +139,11 @@ def test_a_damaged_saved_video_is_fetched_again_from_its_task(api, image, tmp_pa
 
 @pytest.mark.parametrize("params", [FIXED, RANDOM], ids=["fixed-seed", "seed-minus-one"])
 def test_rerun_after_cancel_polls_the_same_task(api, image, tmp_path, journal, params):
-    api.set_scenario(Scenario(processing_polls=3))
-    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
-    slow = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
-    with pytest.raises(Interrupted):
-        run(api, image, tmp_path / "a.mp4", slow, journal, params=params, reporter=cancel)
-    task_id = api.task_ids()[0]
+    task_id = cancelled_mid_poll(api, image, tmp_path, journal, params=params)
     assert journal.get(task_id).status == "processing"
 
     reporter = RecordingReporter()
-    result = run(api, image, tmp_path / "a.mp4", slow, journal, params=params, reporter=reporter)
+    result = run(api, image, tmp_path / "a.mp4", FAST_POLLS, journal, params=params, reporter=reporter)
     assert len(posts(api)) == 1 and api.stats()["uploads"] == 1
     assert result.prediction.id == task_id and result.extra["source"] == "resumed"
     assert any(s.startswith(f"Resuming task {task_id}") for s in reporter.statuses)
@@ -279,14 +287,9 @@ def test_journal_no_key_in_it(api, image, tmp_path, fast, journal):
 
 
 def test_a_pending_task_the_provider_forgot_is_submitted_anew(api, image, tmp_path, journal):
-    api.set_scenario(Scenario(processing_polls=3))
-    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
-    slow = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
-    with pytest.raises(Interrupted):
-        run(api, image, tmp_path / "a.mp4", slow, journal, reporter=cancel)
-    lost = api.task_ids()[0]
+    lost = cancelled_mid_poll(api, image, tmp_path, journal)
     api.reset()  # the provider no longer has it (e.g. older than its retention)
-    result = run(api, image, tmp_path / "a.mp4", slow, journal)
+    result = run(api, image, tmp_path / "a.mp4", FAST_POLLS, journal)
     assert result.extra["source"] == "new" and result.prediction.id != lost
     assert api.stats()["submits"] == 1
     assert journal.get(lost).status == "expired" and "no longer knows" in journal.get(lost).error
@@ -296,34 +299,24 @@ def test_a_404_page_that_is_not_the_api_s_answer_never_causes_a_resubmit(api, im
                                                                           journal):
     # A proxy or a wrong host answering 404 does not prove the task is gone: paying again on
     # its word would bill twice. The run fails, the task stays pending, the next run resumes it.
-    api.set_scenario(Scenario(processing_polls=3))
-    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
-    slow = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
-    with pytest.raises(Interrupted):
-        run(api, image, tmp_path / "a.mp4", slow, journal, reporter=cancel)
-    task_id = api.task_ids()[0]
+    task_id = cancelled_mid_poll(api, image, tmp_path, journal)
     api.set_scenario(Scenario(processing_polls=0, result_responses=[
         {"status": 404, "raw": "<html><h1>404 Not Found</h1></html>"}]))
     with pytest.raises(ApiError, match="HTTP 404") as err:
-        run(api, image, tmp_path / "a.mp4", slow, journal)
+        run(api, image, tmp_path / "a.mp4", FAST_POLLS, journal)
     assert not isinstance(err.value, TaskNotFoundError) and err.value.task_id == task_id
     assert journal.get(task_id).status == "processing"
-    result = run(api, image, tmp_path / "a.mp4", slow, journal)
+    result = run(api, image, tmp_path / "a.mp4", FAST_POLLS, journal)
     assert result.prediction.id == task_id and result.extra["source"] == "resumed"
     assert len(posts(api)) == 1
 
 
 def test_a_task_is_resumed_at_the_api_root_it_was_submitted_to(api, image, tmp_path, journal):
-    api.set_scenario(Scenario(processing_polls=3))
-    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
-    slow = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
-    with pytest.raises(Interrupted):
-        run(api, image, tmp_path / "a.mp4", slow, journal, reporter=cancel)
-    task_id = api.task_ids()[0]
+    task_id = cancelled_mid_poll(api, image, tmp_path, journal)
     assert journal.get(task_id).api_base == api.base_url
     with FakeWaveSpeed() as other:  # the settings now name another root, which has no such task
         reporter = RecordingReporter()
-        result = run(other, image, tmp_path / "a.mp4", slow, journal, reporter=reporter)
+        result = run(other, image, tmp_path / "a.mp4", FAST_POLLS, journal, reporter=reporter)
         assert other.requests == []
     assert result.prediction.id == task_id and len(posts(api)) == 1
     assert any(s.startswith(f"Resuming task {task_id} at {api.base_url}") for s in reporter.statuses)
