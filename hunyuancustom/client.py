@@ -310,10 +310,15 @@ class WaveSpeedClient:
     def result(self, task_id: str) -> Prediction:
         try:
             resp = self._send("GET", f"{self.api_base}/predictions/{task_id}/result", idempotent=True)
-            if resp.status_code in (200, 404) and _envelope_code(resp) == 404:
-                raise TaskNotFoundError(f"The API at {self.api_base} does not know this task "
-                                        f"({_message(resp)}).", status=404, task_id=task_id)
-            return parse_prediction(self._json(resp))
+            try:
+                payload = self._json(resp)
+            except ApiError as e:
+                # Only the API's own answer (not a proxy's 404 page) says the task is gone.
+                if e.status == 404 and _envelope_code(resp) == 404:
+                    raise TaskNotFoundError(f"The API at {self.api_base} does not know this task "
+                                            f"({_message(resp)}).", status=404, task_id=task_id) from None
+                raise
+            return parse_prediction(payload)
         except ApiError as e:
             if e.task_id:
                 raise
