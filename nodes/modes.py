@@ -1,9 +1,9 @@
 """Audio-driven and video-driven HunyuanCustom on ComfyUI core's HunyuanVideo model (local weights).
 
 Each mode node takes the MODEL of the mode's checkpoint (its extra modules come with it from
-HunyuanCustom Model Loader (Local), or from HunyuanCustom Load Mode Modules) and returns it with
-the modules patched in, plus the clip's size, length, fps and audio; sampling is left to
-HunyuanCustom Ref2V (Local) or core's KSampler, and Create Video puts the audio back on.
+Load Model (Local), or from Load Mode Modules) and returns it with the modules patched in, plus
+the LATENT the patches were prepared for, the clip's fps and audio. Conditioning (Local) takes that
+LATENT (its size and length) and passes it on to core's KSampler; Create Video puts the audio back.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from comfy_api.latest import io
 
 from ..hunyuancustom.errors import ValidationError
+from ..hunyuancustom.local import released
 from ..hunyuancustom.modes import audio as audio_mode
 from ..hunyuancustom.modes import editing
 from ..hunyuancustom.modes.checkpoint import ModeModules, load_mode_modules, mode_modules_from_extras
@@ -100,15 +101,17 @@ class LoadModeModules(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HunyuanCustomLoadModeModules",
-            display_name="HunyuanCustom Load Mode Modules",
+            display_name="Load Mode Modules",
             category="HunyuanCustom",
             description=("Reads the audio modules (audio_proj, audio_models) or the video-editing modules "
                          "(bg_in, bg_proj) from the audio / editing checkpoint, without loading the rest. "
-                         "Load the same file with Load Diffusion Model for the MODEL."),
+                         "Load the same file with Load Diffusion Model for the MODEL (then Released Recipe "
+                         "(Local))."),
             inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("diffusion_models"),
                                    tooltip="hunyuancustom_audio_720P or hunyuancustom_editing_720P "
                                            "(ComfyUI/models/diffusion_models).")],
-            outputs=[ModeModulesType.Output("mode_modules", display_name="mode_modules")],
+            outputs=[ModeModulesType.Output("mode_modules", display_name="mode_modules",
+                                            tooltip="The audio or editing modules, for the mode nodes.")],
         )
 
     @classmethod
@@ -127,21 +130,19 @@ class AudioDriven(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HunyuanCustomAudioDriven",
-            display_name="HunyuanCustom Audio-Driven (Local)",
+            display_name="Audio-Driven (Local)",
             category="HunyuanCustom",
             description=("Talking / singing avatar: patches the audio checkpoint's modules into the MODEL "
-                         "(added to the video tokens after double blocks 1, 3, 5, 7, 9, 11) and sets the "
-                         "clip's length from the audio at 25 fps. Sample the MODEL with HunyuanCustom Ref2V "
-                         "(Local) (num_frames, frame_rate and size from here) or core's KSampler (latent "
-                         "from here); recipe: 30 steps, flow shift 13, cfg 7.5. Then Create Video with "
-                         "this node's audio and fps."),
+                         "(added to the video tokens after double blocks 1, 3, 5, 7, 9, 11; zero audio on "
+                         "the negative branch) and makes the LATENT as long as the audio at 25 fps. Connect "
+                         "the latent to Conditioning (Local), the model to KSampler; recipe: euler, simple, "
+                         "30 steps, cfg 7.5. Then Create Video with this node's audio and fps."),
             inputs=[
-                io.Model.Input("model", tooltip="The audio checkpoint (HunyuanCustom Model Loader (Local), "
-                                                "or Load Diffusion Model for a bf16 file)."),
+                io.Model.Input("model", tooltip="The audio checkpoint (Load Model (Local), or Load "
+                                                "Diffusion Model for a bf16 file)."),
                 ModeModulesType.Input("mode_modules", optional=True,
-                                      tooltip="From HunyuanCustom Load Mode Modules (same file); not "
-                                              "needed when the MODEL comes from HunyuanCustom Model "
-                                              "Loader (Local)."),
+                                      tooltip="From Load Mode Modules (same file); not needed when the "
+                                              "MODEL comes from Load Model (Local)."),
                 io.Audio.Input("audio", tooltip="Speech or song; any sample rate, mono or stereo."),
                 io.Combo.Input("whisper_model", options=whisper_choices(),
                                default=audio_mode.WHISPER_FOLDER,
@@ -152,16 +153,20 @@ class AudioDriven(io.ComfyNode):
                 io.Int.Input("frames", default=0, min=0, max=1025,
                              tooltip="0: follow the audio (longest 4k+1 frames it covers at 25 fps); "
                                      "else 4k+1."),
-                io.Int.Input("width", default=1280, min=64, max=4096, step=16),
-                io.Int.Input("height", default=720, min=64, max=4096, step=16),
+                io.Int.Input("width", default=1280, min=64, max=4096, step=16,
+                             tooltip="Video width, a multiple of 16 (released: 1280)."),
+                io.Int.Input("height", default=720, min=64, max=4096, step=16,
+                             tooltip="Video height, a multiple of 16 (released: 720)."),
             ],
             outputs=[
-                io.Model.Output("patched_model", display_name="model"),
-                io.Latent.Output("latent", display_name="latent"),
+                io.Model.Output("patched_model", display_name="model",
+                                tooltip="The MODEL with the audio modules, for KSampler."),
+                io.Latent.Output("latent", display_name="latent",
+                                 tooltip="The empty video latent the audio was prepared for: connect it to "
+                                         "Conditioning (Local)."),
                 io.Audio.Output("clip_audio", display_name="audio",
                                 tooltip="The audio fitted to the clip's duration (Create Video)."),
-                io.Float.Output("fps", display_name="fps"),
-                io.Int.Output("frame_count", display_name="num_frames"),
+                io.Float.Output("fps", display_name="fps", tooltip="25 (Create Video)."),
             ],
         )
 
@@ -181,7 +186,7 @@ class AudioDriven(io.ComfyNode):
         latent = torch.zeros(1, 16, t, height // 8, width // 8)
         fitted = audio_mode.fit_waveform(wave, n / audio_mode.FPS)
         return io.NodeOutput(inj.patch_model(model), {"samples": latent}, audio_output(fitted),
-                             float(audio_mode.FPS), n)
+                             float(audio_mode.FPS))
 
 
 def source_components(video, frames, fps, audio):
@@ -211,21 +216,20 @@ class VideoDriven(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="HunyuanCustomVideoDriven",
-            display_name="HunyuanCustom Video-Driven (Local)",
+            display_name="Video-Driven (Local)",
             category="HunyuanCustom",
             description=("Insert or replace a subject in a video: blacks out the masked region, encodes the "
-                         "masked clip and the mask with the VAE and patches the editing checkpoint's "
-                         "bg_in / bg_proj into the MODEL. Sample it with HunyuanCustom Ref2V (Local) "
-                         "(num_frames, frame_rate, width, height from here) or core's KSampler (latent "
-                         "from here); recipe: 50 steps, flow shift 5, cfg 7.5. Then Create Video with this "
-                         "node's audio and fps: the source's."),
+                         "masked clip and the mask with the VAE, patches the editing checkpoint's bg_in / "
+                         "bg_proj into the MODEL and sets its flow shift. Connect the latent (the source's "
+                         "size and length) to Conditioning (Local), the model to KSampler; recipe: euler, "
+                         "simple, 50 steps, cfg 7.5. Then Create Video with this node's audio and fps: the "
+                         "source's."),
             inputs=[
-                io.Model.Input("model", tooltip="The editing checkpoint (HunyuanCustom Model Loader (Local), "
-                                                "or Load Diffusion Model for a bf16 file)."),
+                io.Model.Input("model", tooltip="The editing checkpoint (Load Model (Local), or Load "
+                                                "Diffusion Model for a bf16 file)."),
                 ModeModulesType.Input("mode_modules", optional=True,
-                                      tooltip="From HunyuanCustom Load Mode Modules (same file); not "
-                                              "needed when the MODEL comes from HunyuanCustom Model "
-                                              "Loader (Local)."),
+                                      tooltip="From Load Mode Modules (same file); not needed when the "
+                                              "MODEL comes from Load Model (Local)."),
                 io.Vae.Input("vae", tooltip="HunyuanVideo VAE."),
                 io.Mask.Input("mask", tooltip="White = region to replace; one mask for all frames or one "
                                               "per frame, the video's size."),
@@ -235,13 +239,10 @@ class VideoDriven(io.ComfyNode):
                 io.Int.Input("max_frames", default=0, min=0, max=1025,
                              tooltip="0: the whole source (cut to 4k+1 frames); else at most this many "
                                      "(4k+1)."),
-                # The editing recipe differs from ref2v's (30 steps, shift 13): it is set here and
-                # passed on to the sampler through the outputs of the same names.
-                io.Int.Input("steps", default=editing.DEFAULT_STEPS, min=1, max=200,
-                             tooltip="Sampling steps for the sampler (released editing recipe: 50)."),
+                # The editing recipe's shift differs from ref2v's 13: it goes onto the MODEL here.
                 io.Float.Input("flow_shift", default=editing.DEFAULT_FLOW_SHIFT, min=FLOW_SHIFT.minimum,
                                max=FLOW_SHIFT.maximum, step=FLOW_SHIFT.step or 0.1,
-                               tooltip="Flow shift for the sampler (released editing recipe: 5)."),
+                               tooltip="Flow shift set on the MODEL (released editing recipe: 5)."),
                 io.Video.Input("video", optional=True, tooltip="Source video (its fps and audio are kept)."),
                 io.Image.Input("frames", optional=True, tooltip="Source frames, instead of a VIDEO."),
                 io.Float.Input("fps", default=25.0, min=1.0, max=120.0, optional=True,
@@ -250,27 +251,22 @@ class VideoDriven(io.ComfyNode):
                                tooltip="Audio for IMAGE frames (a VIDEO brings its own)."),
             ],
             outputs=[
-                io.Model.Output("patched_model", display_name="model"),
-                io.Latent.Output("latent", display_name="latent"),
+                io.Model.Output("patched_model", display_name="model",
+                                tooltip="The MODEL with the editing modules and flow shift, for KSampler."),
+                io.Latent.Output("latent", display_name="latent",
+                                 tooltip="The empty video latent of the source's size and length (4k+1): "
+                                         "connect it to Conditioning (Local)."),
                 io.Audio.Output("clip_audio", display_name="audio",
                                 tooltip="The source's audio fitted to the clip (silence if it had none)."),
-                io.Float.Output("clip_fps", display_name="fps"),
+                io.Float.Output("clip_fps", display_name="fps", tooltip="The source's frame rate."),
                 io.Image.Output("masked_frames", display_name="masked_frames",
                                 tooltip="What the model sees: the source with the region blacked out."),
-                io.Int.Output("width", display_name="width"),
-                io.Int.Output("height", display_name="height"),
-                io.Int.Output("frame_count", display_name="num_frames",
-                              tooltip="Frames of the clip (the source cut to 4k+1)."),
-                io.Int.Output("recipe_steps", display_name="steps",
-                              tooltip="The steps widget, for Ref2V (Local)'s steps."),
-                io.Float.Output("recipe_flow_shift", display_name="flow_shift",
-                                tooltip="The flow_shift widget, for Ref2V (Local)'s flow_shift."),
             ],
         )
 
     @classmethod
-    def execute(cls, model, vae, mask, expand, max_frames, steps=editing.DEFAULT_STEPS,
-                flow_shift=editing.DEFAULT_FLOW_SHIFT, mode_modules: ModeModules | None = None,
+    def execute(cls, model, vae, mask, expand, max_frames, flow_shift=editing.DEFAULT_FLOW_SHIFT,
+                mode_modules: ModeModules | None = None,
                 video=None, frames=None, fps=25.0, audio=None) -> io.NodeOutput:
         mods = resolve_modules(model, mode_modules).require_editing()
         check_model(model, mods.bg_proj.out_features)
@@ -284,9 +280,8 @@ class VideoDriven(io.ComfyNode):
         if wave is None:  # silence keeps Create Video's output uniform
             wave = audio_mode.Waveform(torch.zeros(1, 1), 44100)
         fitted = audio_mode.fit_waveform(wave, clip.seconds)
-        h, w = clip.frames.shape[1:3]
-        return io.NodeOutput(inj.patch_model(model), {"samples": latent}, audio_output(fitted), clip.fps,
-                             clip.masked, w, h, clip.frames.shape[0], steps, flow_shift)
+        patched = released.with_flow_shift(inj.patch_model(model), flow_shift)
+        return io.NodeOutput(patched, {"samples": latent}, audio_output(fitted), clip.fps, clip.masked)
 
 
 NODES = [LoadModeModules, AudioDriven, VideoDriven]

@@ -10,6 +10,7 @@ from ..hunyuancustom.params import Param
 def widget(p: Param, *, choices: tuple[str, ...] | None = None, default=None, **extra) -> io.Input:
     default = p.default if default is None else default
     tip = p.description + (f" Allowed: {p.allowed()}." if p.kind in (int, float) else "")
+    tip = extra.pop("tooltip", tip)  # a node may say more about the same parameter
     if p.kind is bool:
         return io.Boolean.Input(p.name, default=default, tooltip=tip, **extra)
     if p.kind is float:

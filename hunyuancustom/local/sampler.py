@@ -1,65 +1,32 @@
-"""Local ref2v on ComfyUI core's HunyuanVideo model: conditioning, a plain Euler loop, decoding.
+"""Local ref2v on ComfyUI core: conditioning as the release builds it, core's own sampler, decoding.
 
-Core does the heavy lifting: `comfy.model_management.load_models_gpu` loads the MODEL (partial
-loading / CPU offload when VRAM is short, fp8 weight storage), `BaseModel.apply_model` runs the
-transformer (dtype casts, wrappers, `transformer_options` patches such as the audio/editing modes'
-block replacements), and the VAE does tiled encode/decode. This module only follows the released
-recipe: reference latent on both branches (the white frame's latent on the negative one), true
-CFG, the shifted flow schedule and Euler steps. `comfy` is imported lazily so the package imports
-without ComfyUI.
+Core does the heavy lifting: model management (partial loading, CPU offload, fp8 storage), its
+HunyuanVideo transformer (with the released-recipe patches of `released.py` on the MODEL), its
+samplers and schedulers (the path core's KSampler takes, so every wrapper, patch, step cache,
+guidance function and latent preview on the MODEL applies), and the VAE's tiled encode/decode. This
+module builds what the release feeds the transformer: the text-image fusion, the reference latent
+on both CFG branches (`conditioning.py`) and the LATENT. `comfy` is imported lazily so the package
+imports without ComfyUI.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from ..errors import ValidationError
+from . import conditioning as cond
 from . import prompt as prompt_template
 from . import reference
-from .schedule import cfg, flow_sigmas
 
-POSITIVE, NEGATIVE = 0, 1  # core's cond_or_uncond values
-LATENT_CHANNELS = 16
+RELEASED_SAMPLER, RELEASED_SCHEDULER = "euler", "simple"  # simple = the released sigmas (released.py)
 
 
-@dataclass
-class Branch:
-    """One CFG branch: text states [1, L, C], pooled CLIP-L [1, 768], optional text mask [1, L],
-    and the reference latent [1, 16, 1, h, w] as the VAE returns it (not yet scaled)."""
-
-    context: torch.Tensor
-    pooled: torch.Tensor
-    ref_latent: torch.Tensor
-    attention_mask: torch.Tensor | None = None
-
-
-def check_frames(frames: int, field: str = "num_frames") -> int:
-    if frames < 1 or (frames - 1) % 4:
-        raise ValidationError(field, f"must be 4k+1 (1, 5, 9, ..., 129), got {frames}")
-    return frames
-
-
-def latent_shape(width: int, height: int, frames: int) -> tuple[int, int, int, int, int]:
-    if width % 16 or height % 16:
-        raise ValidationError("size", f"width and height must be multiples of 16, got {width}x{height}")
-    return (1, LATENT_CHANNELS, (check_frames(frames) - 1) // 4 + 1, height // 8, width // 8)
-
-
-def from_conditioning(conditioning, field: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def from_conditioning(conditioning, field: str):
     """(text states, pooled, mask) from core CONDITIONING `[[tensor, {"pooled_output", ...}]]`."""
-    try:
-        context, extra = conditioning[0][0], conditioning[0][1]
-    except (IndexError, KeyError, TypeError) as e:
-        raise ValidationError(field, "must be a CONDITIONING from the HunyuanVideo text encoders") from e
-    pooled = extra.get("pooled_output")
-    if pooled is None:
-        raise ValidationError(field, "has no pooled_output: encode it with the HunyuanVideo CLIP "
-                                     "(clip_l + llava_llama3)")
-    return context, pooled, extra.get("attention_mask")
+    states, extra = cond.parts(conditioning, field)
+    return states, extra["pooled_output"], extra.get("attention_mask")
 
 
 def encode_text_image(clip, clip_vision, text: str, image: torch.Tensor, name: str):
@@ -76,86 +43,51 @@ def encode_text_image(clip, clip_vision, text: str, image: torch.Tensor, name: s
     return clip.encode_from_tokens_scheduled(tokens)
 
 
-def encode_reference(vae, image: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reference latent, white latent): the white-padded reference frame and an all-white frame,
-    each encoded as one latent frame."""
+def encode_reference(vae, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """The reference latent: the white-padded reference frame encoded as one latent frame (the VAE's
+    mean; the release draws a posterior sample)."""
     frame = reference.vae_reference(image, width, height)
-    ref = vae.encode(frame[:, :, :, :3])
-    white = vae.encode(reference.white_like(frame))
-    return ref, white
+    return vae.encode(frame[:, :, :, :3])
 
 
-def _model_call(model_patcher, x, sigma, branches: list[Branch], which: list[int], base_options: dict):
-    """Denoised predictions for `branches` (one batch), through core's model function with the
-    patcher's transformer_options (block patches of the modes, wrappers) and core's cond_or_uncond."""
-    model = model_patcher.model
-    n = len(branches)
-    c = {
-        "c_crossattn": torch.cat([b.context for b in branches]),
-        "y": torch.cat([b.pooled for b in branches]),
-        "ref_latent": torch.cat([model.process_latent_in(b.ref_latent) for b in branches]),
-    }
-    if branches[0].attention_mask is not None:
-        c["attention_mask"] = torch.cat([b.attention_mask for b in branches])
-    options = dict(base_options)
-    options.update({"cond_or_uncond": list(which), "sigmas": sigma.expand(n)})
-    c["transformer_options"] = options
-    x_in, t_in = torch.cat([x] * n), sigma.expand(n)
-    wrapper = model_patcher.model_options.get("model_function_wrapper")
-    if wrapper is not None:
-        return wrapper(model.apply_model, {"input": x_in, "timestep": t_in, "c": c, "cond_or_uncond": which})
-    return model.apply_model(x_in, t_in, **c)
+def ref2v_conditioning(vae, ref_image: torch.Tensor, width: int, height: int, *, prompt: str,
+                       negative_prompt: str, subject: str, clip=None, clip_vision=None, positive=None,
+                       negative=None):
+    """(positive, negative) CONDITIONING as the release builds its two branches: the prompt (and
+    the negative prompt with an all-white image) through the text-image fusion, unless ready
+    CONDITIONING is given; the same reference latent on both; the negative mask cut."""
+    llava = reference.llava_image(ref_image)
+    if positive is None:
+        positive = encode_text_image(clip, clip_vision, prompt, llava, subject)
+    if negative is None:
+        negative = encode_text_image(clip, clip_vision, negative_prompt, reference.white_like(llava),
+                                     prompt_template.NEGATIVE_NAME)
+    ref_latent = encode_reference(vae, ref_image, width, height)
+    return (cond.with_reference(positive, ref_latent, "positive"),
+            cond.with_reference(negative, ref_latent, "negative", negative=True))
 
 
-def predict(model_patcher, x, sigma, positive: Branch, negative: Branch | None, guidance_scale: float,
-            base_options: dict) -> torch.Tensor:
-    """The guided denoised prediction at `sigma` (true CFG).
-
-    The branches run as two batch-1 calls: core's HunyuanVideo cannot take a batch above 1 with
-    `ref_latent` (it writes into an expanded position-id view), and one branch at a time also
-    halves the activation peak at 720p.
-    """
-    pos = _model_call(model_patcher, x, sigma, [positive], [POSITIVE], base_options)
-    if negative is None or guidance_scale == 1.0:
-        return pos
-    neg = _model_call(model_patcher, x, sigma, [negative], [NEGATIVE], base_options)
-    return cfg(pos, neg, guidance_scale)
+def check_sources(clip, clip_vision, positive, negative) -> None:
+    """Each branch needs ready CONDITIONING or the encoders (clip + clip_vision)."""
+    can_encode = clip is not None and clip_vision is not None
+    for field, given in (("positive", positive), ("negative", negative)):
+        if given is not None:
+            cond.parts(given, field)
+        elif not can_encode:
+            raise ValidationError(field, "connect clip and clip_vision (text-image fusion), or a "
+                                         f"{field} CONDITIONING")
 
 
-def initial_noise(shape, seed: int) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+def sample(model, positive, negative, latent: dict, *, seed: int, steps: int, cfg: float,
+           sampler_name: str = RELEASED_SAMPLER, scheduler: str = RELEASED_SCHEDULER,
+           denoise: float = 1.0) -> dict:
+    """Core's KSampler path (`nodes.common_ksampler`): core's noise for `seed`, its sampler and
+    scheduler, the MODEL's wrappers and patches, latent previews and the progress bar. Returns the
+    LATENT."""
+    import nodes as comfy_nodes
 
-
-def sample(model_patcher, positive: Branch, negative: Branch | None, shape, *, steps: int,
-           guidance_scale: float, flow_shift: float, seed: int,
-           on_step: Callable[[int, int], None] | None = None, load: bool = True) -> torch.Tensor:
-    """Run the Euler loop; returns the latent [1, 16, t, h, w] (VAE scale, on the CPU)."""
-    import comfy.model_management as mm
-
-    model = model_patcher.model
-    if load:
-        memory = model.memory_required([1, *shape[1:]]) * 1.5  # one branch per call
-        # With the mode modules a MODEL carries (see modes.inject), as core's own sampler does.
-        mm.load_models_gpu([model_patcher, *model_patcher.get_nested_additional_models()],
-                           memory_required=memory)
-    device = model_patcher.load_device
-    sigmas = flow_sigmas(steps, flow_shift).to(device)
-    base_options = dict(model_patcher.model_options.get("transformer_options", {}))
-    base_options["sample_sigmas"] = sigmas
-    branches = [b for b in (positive, negative) if b is not None]
-    for b in branches:
-        b.context, b.pooled, b.ref_latent = (t.to(device) for t in (b.context, b.pooled, b.ref_latent))
-        if b.attention_mask is not None:
-            b.attention_mask = b.attention_mask.to(device)
-    x = initial_noise(shape, seed).to(device) * sigmas[0]
-    for i in range(steps):
-        mm.throw_exception_if_processing_interrupted()
-        sigma, sigma_next = sigmas[i : i + 1], sigmas[i + 1]
-        denoised = predict(model_patcher, x, sigma, positive, negative, guidance_scale, base_options)
-        x = x + (x - denoised) / sigma * (sigma_next - sigma)  # Euler: velocity = (x - x0) / sigma
-        if on_step is not None:
-            on_step(i + 1, steps)
-    return model.process_latent_out(x).float().cpu()
+    return comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                       latent, denoise=denoise)[0]
 
 
 def decode(vae, latent: torch.Tensor, tile: int = 256, overlap: int = 64, temporal: int = 64,

@@ -178,11 +178,27 @@ class ModeInjection:
         to["patches_replace"] = replace
         return to
 
+    def check_latent(self, executor, x, *args, **kwargs):
+        """DIFFUSION_MODEL wrapper: the sampled latent must be the one the mode was prepared for
+        (its tokens are found by position, so another size would run, silently wrong)."""
+        got = tuple(x.shape[-3:])
+        if got != tuple(self.latent_shape):
+            t, h, w = self.latent_shape
+            raise ValidationError("latent", f"the sampler's latent is {got[0]} latent frames of {got[2] * 8}x"
+                                            f"{got[1] * 8}, but the mode was prepared for {t} ({4 * t - 3} "
+                                            f"frames) of {w * 8}x{h * 8}: sample the LATENT the mode node "
+                                            "gives (through Conditioning (Local))")
+        return executor(x, *args, **kwargs)
+
     def patch_model(self, model):
         """A clone of a ComfyUI MODEL (ModelPatcher) with the patches installed, and the modules
         handed to ComfyUI's model management with it: loaded to the GPU with the transformer,
         offloaded when memory is needed, never left behind on their own."""
+        import comfy.patcher_extension as ext
+
         m = model.clone()
+        m.remove_wrappers_with_key(ext.WrappersMP.DIFFUSION_MODEL, MODEL_KEY)
+        m.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, MODEL_KEY, self.check_latent)
         existing = (m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {}))
         for (name, index), fn in self.patches(existing).items():
             m.set_model_patch_replace(fn, "dit", name, index)
