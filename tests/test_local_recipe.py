@@ -73,13 +73,6 @@ def test_prompt_template_and_suffix():
     assert negative.endswith("\n\n<|eot_id|>\nThe person looks like<image>")
 
 
-def test_comfy_template_keeps_suffix_and_image_inside_the_user_turn():
-    tpl = prompt.comfy_llama_template("cat {x}")
-    text = tpl.format("A cat.")
-    assert text.endswith("user<|end_header_id|>\n\nA cat.\nThe cat {x} looks like<image><|eot_id|>")
-    assert text.count("<image>") == 1 and text.count("{}") == 0
-
-
 def test_image_feature_span_after_crop():
     ids = list(range(95)) + [500, 501, 502, 9999] + [0] * 10  # template, prompt, <image>, padding
     start, end = prompt.image_feature_span(ids, 9999)

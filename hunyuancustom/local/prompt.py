@@ -37,18 +37,6 @@ def llava_text(prompt: str, name: str = DEFAULT_NAME) -> str:
     return VIDEO_TEMPLATE.format(prompt) + suffix(name)
 
 
-def comfy_llama_template(name: str = DEFAULT_NAME) -> str:
-    """A `llama_template` for ComfyUI's HunyuanVideo tokenizer carrying the same suffix and image.
-
-    ComfyUI's text encoder keeps only the user turn (up to its <|eot_id|>) and the image features
-    found inside it, so the suffix goes before that <|eot_id|>; the hidden states then hold the
-    prompt, the suffix and the 576 image features, as in the released text, with the end-of-turn
-    token after them instead of before.
-    """
-    safe = name.replace("{", "{{").replace("}", "}}")
-    return VIDEO_TEMPLATE.replace("{}<|eot_id|>", "{}" + suffix(safe) + "<|eot_id|>")
-
-
 def image_feature_span(token_ids: list[int], image_token_id: int, crop_start: int = CROP_START,
                        n_features: int = IMAGE_FEATURES) -> tuple[int, int]:
     """Where the image features sit in the cropped hidden states of a tokenized `llava_text`:

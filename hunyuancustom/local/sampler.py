@@ -18,7 +18,7 @@ import torch
 from ..errors import ValidationError
 from . import conditioning as cond
 from . import prompt as prompt_template
-from . import reference
+from . import reference, text_encoder
 
 RELEASED_SAMPLER, RELEASED_SCHEDULER = "euler", "simple"  # simple = the released sigmas (released.py)
 
@@ -29,18 +29,16 @@ def from_conditioning(conditioning, field: str):
     return states, extra["pooled_output"], extra.get("attention_mask")
 
 
-def encode_text_image(clip, clip_vision, text: str, image: torch.Tensor, name: str):
-    """Text-image fusion through core's HunyuanVideo text encoder: the prompt in the released
-    template with the "looks like<image>" suffix, the LLaVA features of `image` (already a white-
-    padded 336 square) in place of `<image>`, all 576 of them. Returns CONDITIONING."""
+def encode_text_image(clip, clip_vision, text: str, image: torch.Tensor, name: str, field: str = "prompt"):
+    """The released text-image fusion (`text_encoder.py`): the prompt in the released template with
+    the "looks like<image>" suffix, the LLaVA features of `image` (already a white-padded 336
+    square) in place of `<image>`. Returns CONDITIONING."""
     vision = clip_vision.encode_image(image, crop=False)
     embeds = getattr(vision, "mm_projected", None)
     if embeds is None:
         raise ValidationError("clip_vision", "must be the LLaVA vision encoder (llava_llama3_vision"
                                              ".safetensors): it gave no mm_projected output")
-    tokens = clip.tokenize(text, llama_template=prompt_template.comfy_llama_template(name),
-                           image_embeds=embeds, image_interleave=1)
-    return clip.encode_from_tokens_scheduled(tokens)
+    return text_encoder.encode(clip, embeds[0], text, name, field)
 
 
 def encode_reference(vae, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -61,7 +59,7 @@ def ref2v_conditioning(vae, ref_image: torch.Tensor, width: int, height: int, *,
         positive = encode_text_image(clip, clip_vision, prompt, llava, subject)
     if negative is None:
         negative = encode_text_image(clip, clip_vision, negative_prompt, reference.white_like(llava),
-                                     prompt_template.NEGATIVE_NAME)
+                                     prompt_template.NEGATIVE_NAME, "negative_prompt")
     ref_latent = encode_reference(vae, ref_image, width, height)
     return (cond.with_reference(positive, ref_latent, "positive"),
             cond.with_reference(negative, ref_latent, "negative", negative=True))
