@@ -28,7 +28,7 @@ FLOW_SHIFT = REF2V_720P.param("flow_shift")  # the same range as every ref2v nod
 ModeModulesType = io.Custom("HUNYUANCUSTOM_MODE_MODULES")
 AUDIO_FOLDER = "audio_encoders"
 _whisper_cache: dict[tuple[str, str], audio_mode.WhisperFeatures] = {}
-# Where HunyuanCustom Model Loader (Local) leaves the checkpoint's extra modules on its MODEL.
+# Where Load Model (Local) leaves the checkpoint's extra modules on its MODEL.
 EXTRAS_ATTACHMENT = "hunyuancustom_extras"
 
 
@@ -67,7 +67,7 @@ def check_model(model, width: int, min_blocks: int = 1, field: str = "model") ->
     net = getattr(getattr(model, "model", None), "diffusion_model", None)
     if net is None or not hasattr(net, "double_blocks") or not hasattr(net, "img_in"):
         raise ValidationError(field, "must be a HunyuanVideo / HunyuanCustom MODEL (load the mode's "
-                                     "checkpoint with HunyuanCustom Model Loader (Local))")
+                                     "checkpoint with Load Model (Local))")
     hidden = getattr(net, "hidden_size", None)
     if hidden != width:
         raise ValidationError(field, f"is {hidden} wide but the mode modules are {width} wide: load the "

@@ -103,6 +103,6 @@ def mode_modules_from_extras(extras: dict[str, dict[str, torch.Tensor]] | None, 
         merged.update(part)
     if not merged:
         raise ValidationError("mode_modules", f"{source} carries no audio or video-editing modules: connect "
-                                              "HunyuanCustom Load Mode Modules, or load the audio / editing "
-                                              "checkpoint with HunyuanCustom Model Loader (Local)")
+                                              "Load Mode Modules, or load the audio / editing "
+                                              "checkpoint with Load Model (Local)")
     return mode_modules_from_tensors(merged, source)
