@@ -20,7 +20,7 @@ from local_models import backbone_state_dict
 
 from comfyui_harness import import_comfy, requires_comfyui
 from hunyuancustom.local import conditioning as cond
-from hunyuancustom.local import prompt, text_encoder
+from hunyuancustom.local import prompt, released, text_encoder
 
 DATA = Path(__file__).resolve().parent / "data"
 SCALE = 0.476986  # HunyuanVideo latent scaling factor: the release samples in the scaled space
@@ -87,8 +87,6 @@ def comfy_model():
 def test_core_ksampler_with_the_pack_reaches_the_releases_final_latents(golden, comfy_model):
     import comfy.sample
     import nodes
-
-    from hunyuancustom.local import released
 
     t, meta = golden
     pos, neg = _conditioning(t)
