@@ -86,6 +86,7 @@ def comfy_model():
 @requires_comfyui
 def test_core_ksampler_with_the_pack_reaches_the_releases_final_latents(golden, comfy_model):
     import comfy.sample
+
     import nodes
 
     t, meta = golden
