@@ -96,8 +96,8 @@ def test_core_ksampler_with_the_pack_reaches_the_releases_final_latents(golden, 
         model = released.apply_released(comfy_model, deepcache=bool(c["use_deepcache"]), shift=c["shift"])
         latent = {"samples": torch.zeros_like(t["inputs.noise"])}
         assert torch.equal(comfy.sample.prepare_noise(latent["samples"], c["seed"]), t["inputs.noise"])
-        out = nodes.KSampler().sample(model, c["seed"], c["steps"], c["guidance"], "euler", "simple", pos, neg,
-                                      latent)[0]["samples"]
+        out = nodes.KSampler().sample(model, c["seed"], c["steps"], c["guidance"], "euler", "simple", pos,
+                                      neg, latent)[0]["samples"]
         want = t[f"{case}.latent"]
         err = ((out * SCALE - want).abs().max() / want.abs().max()).item()
         assert err < RTOL, f"{case}: relative error {err:.2e} against the released pipeline"
