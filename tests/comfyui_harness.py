@@ -236,14 +236,22 @@ class ComfyServer:
     def queue(self, prompt: dict[str, Any]) -> str:
         """Queue an API-format graph; return its prompt id. A refused graph raises ComfyError whose
         `details` holds ComfyUI's answer (`error`, `node_errors`)."""
+        return self.submit(prompt)["prompt_id"]
+
+    def submit(self, prompt: dict[str, Any], extra_data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST /prompt as the front end does (its `extra_data` carries the UI workflow); return
+        ComfyUI's whole answer (`prompt_id`, `number`, `node_errors`). A refused graph raises
+        ComfyError whose `details` holds the answer (`error`, `node_errors`)."""
+        payload = {"prompt": prompt, "client_id": self.client_id}
+        if extra_data is not None:
+            payload["extra_data"] = extra_data
         try:
-            answer = self._request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
+            return self._request("POST", "/prompt", payload)
         except ComfyError as e:
             details = e.details if isinstance(e.details, dict) else {"error": e.details}
             raise ComfyError("ComfyUI refused the prompt: "
                              f"{json.dumps(details.get('error'))}\nnode_errors: "
                              f"{json.dumps(details.get('node_errors'), indent=1)}", details) from None
-        return answer["prompt_id"]
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         return (self._request("GET", f"/history/{prompt_id}") or {}).get(prompt_id)
