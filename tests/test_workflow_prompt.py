@@ -110,7 +110,7 @@ def test_upload_values_are_not_sent_and_list_values_are_wrapped():
                     node(3, "Loader", [["m.pt"]])], "links": []}
     prompt = graph_to_prompt(wf, INFO)
     assert prompt["1"]["inputs"] == {"image": "b.png", "channel": "red"}
-    assert prompt["2"]["inputs"] == {"audio": "x.wav"}
+    assert prompt["2"]["inputs"] == {"audio": "x.wav", "audioUI": ""}  # the audio player sends ""
     assert prompt["3"]["inputs"] == {"name": {"__value__": ["m.pt"]}}
 
 

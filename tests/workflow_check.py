@@ -69,15 +69,18 @@ def _ordered_inputs(spec: dict, node_type: str) -> list[tuple[str, Any, dict]]:
 
 
 def widget_slots(spec: dict, node_type: str = "") -> list[dict]:
-    """The node's widgets_values slots in the front end's order. Each: name, kind (a widget input
-    type, CONTROL, FILTER or UPLOAD), options, choices (combos), sent (whether graphToPrompt puts
-    it into the prompt: control and upload widgets are stored in the file but never sent)."""
+    """The node's widgets in the front end's order. Each: name, kind (a widget input type, CONTROL,
+    FILTER, UPLOAD or AUDIO_UI), options, choices (combos), sent (whether graphToPrompt puts it
+    into the prompt: control and upload widgets are stored in the file but never sent), stored
+    (whether it has a place in widgets_values: all but the audio player)."""
     slots = []
     for name, kind, opts in _ordered_inputs(spec, node_type):
         if kind in ("IMAGEUPLOAD", "AUDIOUPLOAD"):
             slots.append({"name": name, "kind": "UPLOAD", "opts": {}, "choices": None, "sent": False})
             continue
-        if kind == "AUDIO_UI":  # widget.serialize = false: keeps no slot in widgets_values
+        if kind == "AUDIO_UI":  # the audio player: keeps no slot in widgets_values, sends ""
+            slots.append({"name": name, "kind": "AUDIO_UI", "opts": {"default": ""}, "choices": None,
+                          "sent": True, "stored": False})
             continue
         combo = isinstance(kind, list) or kind == "COMBO"
         if not combo and (kind not in WIDGET_TYPES or opts.get("forceInput")):
@@ -101,7 +104,8 @@ def widget_slots(spec: dict, node_type: str = "") -> list[dict]:
 
 def expected_widget_values(spec: dict, node_type: str = "") -> list[tuple[str, str, dict, list | None]]:
     """(name, kind, options, choices) of each widgets_values slot, in the front end's order."""
-    return [(s["name"], s["kind"], s["opts"], s["choices"]) for s in widget_slots(spec, node_type)]
+    return [(s["name"], s["kind"], s["opts"], s["choices"]) for s in widget_slots(spec, node_type)
+            if s.get("stored", True)]
 
 
 def check_ui_workflow(wf: dict, object_info: dict) -> list[str]:
@@ -261,10 +265,12 @@ class _Graph:
         if isinstance(values, dict):  # some custom nodes store a dict; the front end then keeps defaults
             values = []
         out = {}
-        for i, slot in enumerate(widget_slots(self.info[node["type"]], node["type"])):
+        slots = widget_slots(self.info[node["type"]], node["type"])
+        stored = [s for s in slots if s.get("stored", True)]  # configure(): values by position
+        for i, slot in enumerate(stored + [s for s in slots if not s.get("stored", True)]):
             if not slot["sent"]:
                 continue
-            if i < len(values):
+            if i < len(stored) and i < len(values):
                 value = values[i]
             elif "default" in slot["opts"]:
                 value = slot["opts"]["default"]
@@ -306,7 +312,8 @@ def graph_to_prompt(wf: dict, object_info: dict) -> dict[str, dict]:
     bypassed node goes to the bypassed node's input of the matching type, through a reroute to
     what feeds the reroute; a primitive's value lands in the widget it feeds; widget values are
     mapped onto the node's widgets in the front end's order (control_after_generate and upload
-    values are skipped, list values wrapped as {"__value__": [...]}); a linked input becomes
+    values are skipped, the audio player of Load Audio sends ""; list values wrapped as
+    {"__value__": [...]}); a linked input becomes
     [origin id, origin slot] and wins over its widget; an input whose origin is not in the prompt
     is dropped. Not handled: subgraphs and legacy group nodes (ConversionError), the dynamic-prompt
     expansion of {a|b} in multiline text (the examples have none).
