@@ -101,8 +101,9 @@ class ComfyError(AssertionError):
     """ComfyUI refused a prompt, a run failed, or the server misbehaved. An AssertionError so
     pytest shows it as a test failure with its message in full."""
 
-    def __init__(self, message: str, details: Any = None):
+    def __init__(self, message: str, details: Any = None, status: int | None = None):
         self.details = details
+        self.status = status  # the HTTP status of a refused request
         super().__init__(message)
 
 
@@ -117,7 +118,7 @@ class ComfyServer:
     """One ComfyUI process. Created by `running_comfyui`; talk to it over its HTTP API."""
 
     def __init__(self, base_dir: Path, env_extra: Mapping[str, str] | None = None,
-                 listen: str = "127.0.0.1"):
+                 listen: str = "127.0.0.1", models_config: Path | None = None):
         root = comfyui_path()
         if root is None:
             raise RuntimeError(skip_reason)
@@ -143,6 +144,7 @@ class ComfyServer:
             f"hunyuancustom_tests:\n    custom_nodes: {json.dumps(str(self.custom_nodes_dir))}\n")
         self.log_path = self.base_dir / "comfyui.log"
         self.listen = listen  # "0.0.0.0" to be reachable on the machine's other addresses too
+        self.models_config = models_config  # a second extra-model-paths file (e.g. stand_in_models)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.client_id = uuid.uuid4().hex
@@ -164,7 +166,7 @@ class ComfyServer:
             "--extra-model-paths-config", str(self.paths_config),
             # The default database lives inside the checkout and would be shared between runs.
             "--database-url", f"sqlite:///{self.base_dir / 'comfyui.db'}",
-        ]
+        ] + (["--extra-model-paths-config", str(self.models_config)] if self.models_config else [])
 
     # --- lifecycle ---
 
@@ -223,7 +225,7 @@ class ComfyServer:
                 details = json.loads(body)
             except ValueError:
                 details = body.decode("utf-8", "replace")[:2000]
-            raise ComfyError(f"{method} {path} answered HTTP {e.code}: {details}", details) from None
+            raise ComfyError(f"{method} {path} answered HTTP {e.code}: {details}", details, e.code) from None
         if raw:
             return body
         return json.loads(body) if body else None
@@ -236,14 +238,23 @@ class ComfyServer:
     def queue(self, prompt: dict[str, Any]) -> str:
         """Queue an API-format graph; return its prompt id. A refused graph raises ComfyError whose
         `details` holds ComfyUI's answer (`error`, `node_errors`)."""
+        return self.submit(prompt)["prompt_id"]
+
+    def submit(self, prompt: dict[str, Any], extra_data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST /prompt as the front end does (its `extra_data` carries the UI workflow); return
+        ComfyUI's whole answer (`prompt_id`, `number`, `node_errors`). A refused graph raises
+        ComfyError whose `details` holds the answer (`error`, `node_errors`)."""
+        payload = {"prompt": prompt, "client_id": self.client_id}
+        if extra_data is not None:
+            payload["extra_data"] = extra_data
         try:
-            answer = self._request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
+            return self._request("POST", "/prompt", payload)
         except ComfyError as e:
             details = e.details if isinstance(e.details, dict) else {"error": e.details}
-            raise ComfyError("ComfyUI refused the prompt: "
+            raise ComfyError(f"ComfyUI refused the prompt (HTTP {e.status}): "
                              f"{json.dumps(details.get('error'))}\nnode_errors: "
-                             f"{json.dumps(details.get('node_errors'), indent=1)}", details) from None
-        return answer["prompt_id"]
+                             f"{json.dumps(details.get('node_errors'), indent=1)}",
+                             details, e.status) from None
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         return (self._request("GET", f"/history/{prompt_id}") or {}).get(prompt_id)
@@ -295,6 +306,35 @@ class ComfyServer:
         """True when core logged this pack's import as failed."""
         return any("IMPORT FAILED" in line and PACK_DIR_NAME in line
                    for line in self.log_text().splitlines())
+
+
+# The model files the README's "Model files and where they go" names (what the example workflows
+# load), relative to ComfyUI/models.
+README_MODEL_FILES = (
+    "diffusion_models/hunyuancustom_720P/mp_rank_00_model_states_fp8.pt",
+    "diffusion_models/hunyuancustom_audio_720P/mp_rank_00_model_states_fp8.pt",
+    "diffusion_models/hunyuancustom_editing_720P/mp_rank_00_model_states_fp8.pt",
+    "vae/hunyuan_video_vae_bf16.safetensors",
+    "text_encoders/clip_l.safetensors",
+    "text_encoders/llava_llama3_fp8_scaled.safetensors",
+    "clip_vision/llava_llama3_vision.safetensors",
+)
+
+
+def stand_in_models(root: Path, names: tuple[str, ...] = README_MODEL_FILES) -> Path:
+    """Empty files with the model files' names under root/models, and an extra-model-paths file
+    naming those folders (for ComfyServer's models_config); returns the paths file. Enough for the
+    file lists the front end and /prompt check; a run stops at the first model it loads."""
+    models = root / "models"
+    for name in names:
+        (models / name).parent.mkdir(parents=True, exist_ok=True)
+        (models / name).touch()
+    config = root / "stand_in_models.yaml"
+    config.write_text("hunyuancustom_stand_in_models:\n"
+                      f"    base_path: {json.dumps(str(models))}\n"
+                      "    diffusion_models: diffusion_models\n    vae: vae\n"
+                      "    text_encoders: text_encoders\n    clip_vision: clip_vision\n")
+    return config
 
 
 def execution_error(entry: Mapping[str, Any]) -> dict[str, Any] | None:

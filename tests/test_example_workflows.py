@@ -36,3 +36,55 @@ def test_a_note_on_the_canvas_names_every_sample_file_the_workflow_loads(path):
     # The ids stay consistent for the front end.
     assert wf["last_node_id"] == max(n["id"] for n in wf["nodes"])
     assert len({n["id"] for n in wf["nodes"]}) == len(wf["nodes"])
+
+
+# The local examples: core's KSampler chain, in the released recipe, read left to right.
+LOCAL_CHAINS = {
+    "hunyuancustom_local_ref2v.json": (None, 30),
+    "hunyuancustom_singing_avatar.json": ("HunyuanCustomAudioDriven", 30),
+    "hunyuancustom_subject_replace.json": ("HunyuanCustomVideoDriven", 50),
+}
+
+
+def _feeds(wf, node_id, input_name):
+    """(type, output slot) of the node feeding an input."""
+    node = next(n for n in wf["nodes"] if n["id"] == node_id)
+    link_id = next(i["link"] for i in node["inputs"] if i["name"] == input_name)
+    link = next(lk for lk in wf["links"] if lk[0] == link_id)
+    src = next(n for n in wf["nodes"] if n["id"] == link[1])
+    return src["type"], link[2], src["id"]
+
+
+@pytest.mark.parametrize("name", sorted(LOCAL_CHAINS))
+def test_local_examples_sample_with_core_ksampler_left_to_right(name):
+    wf = json.loads((EXAMPLES / name).read_text())
+    mode, steps = LOCAL_CHAINS[name]
+    by_type = {}
+    for n in wf["nodes"]:
+        by_type.setdefault(n["type"], []).append(n)
+    (save,) = by_type["SaveVideo"]
+    create_type, _, create = _feeds(wf, save["id"], "video")
+    assert create_type == "CreateVideo"
+    decode_type, _, decode = _feeds(wf, create, "images")
+    assert decode_type == "VAEDecodeTiled"
+    sampler_type, _, sampler = _feeds(wf, decode, "samples")
+    assert sampler_type == "KSampler"
+    ks = next(n for n in wf["nodes"] if n["id"] == sampler)
+    assert ks["widgets_values"] == [1024, "fixed", steps, 7.5, "euler", "simple", 1]
+    for socket, slot in (("positive", 0), ("negative", 1), ("latent_image", 2)):
+        assert _feeds(wf, sampler, socket)[:2] == ("HunyuanCustomConditioning", slot)
+    model_type = _feeds(wf, sampler, "model")[0]
+    assert model_type == (mode or "HunyuanCustomLocalModelLoader")
+    if mode:  # the mode node's latent goes through Conditioning (Local); its audio and fps to Create Video
+        (cond,) = by_type["HunyuanCustomConditioning"]
+        assert _feeds(wf, cond["id"], "latent")[:2] == (mode, 1)
+        assert _feeds(wf, create, "audio")[:2] == (mode, 2)
+        assert _feeds(wf, create, "fps")[:2] == (mode, 3)
+        assert _feeds(wf, _feeds(wf, sampler, "model")[2], "model")[0] == "HunyuanCustomLocalModelLoader"
+    # no wire only carries a number from one node to the next, except the mode's fps
+    numbers = [lk for lk in wf["links"] if lk[5] in ("INT", "FLOAT")]
+    assert all(lk[5] == "FLOAT" and lk[3] == create for lk in numbers), numbers
+    # every wire runs left to right (or down a column), never back
+    x = {n["id"]: n["pos"][0] for n in wf["nodes"]}
+    assert [lk for lk in wf["links"] if x[lk[1]] > x[lk[3]]] == []
+    assert wf["groups"], "the steps are grouped"

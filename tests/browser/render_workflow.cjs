@@ -1,0 +1,78 @@
+// Opens example workflows in the real ComfyUI front end (headless Chromium), prints what the front
+// end's own graphToPrompt makes of each, and saves a picture of one. Driven by
+// tests/browser/render_workflow.py (not a test); input: a JSON file (argv[2]) with url, chromium,
+// userDataDir, workflows (name -> UI workflow), shot {name, path, width, height}.
+"use strict";
+const fs = require("fs");
+const { chromium } = require("playwright-core");
+
+const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+
+async function main() {
+  const report = { prompts: {}, consoleErrors: [] };
+  const context = await chromium.launchPersistentContext(cfg.userDataDir, {
+    executablePath: cfg.chromium, headless: true, args: FLAGS,
+    viewport: { width: cfg.shot.width, height: cfg.shot.height },
+  });
+  const page = context.pages()[0] ?? await context.newPage();
+  page.on("console", (m) => { if (m.type() === "error") report.consoleErrors.push(m.text()); });
+  try {
+    await page.goto(cfg.url, { waitUntil: "load" });
+    await page.waitForFunction(() => window.app?.graph && window.LiteGraph
+      && Object.keys(window.LiteGraph.registered_node_types).some((t) => t.startsWith("HunyuanCustom")),
+    null, { timeout: 120000 });
+    await page.waitForLoadState("networkidle");
+    const templates = page.getByText("Get Started with a Template", { exact: true });
+    if (await templates.count() > 0) {
+      await page.keyboard.press("Escape");
+      await templates.waitFor({ state: "detached", timeout: 10000 });
+    }
+    for (const [name, wf] of Object.entries(cfg.workflows)) {
+      report.prompts[name] = await page.evaluate(async (w) => {
+        await window.app.loadGraphData(w, true, true, null);
+        return (await window.app.graphToPrompt()).output;
+      }, wf);
+    }
+    // No minimap or canvas info in the picture; every node drawn in full at any zoom.
+    await page.evaluate(async () => {
+      const settings = window.app.extensionManager.setting;
+      await settings.set("Comfy.Minimap.Visible", false);
+      await settings.set("Comfy.Graph.CanvasInfo", false);
+      window.app.canvas.min_font_size_for_lod = 0;
+    });
+    await page.evaluate(async (w) => { await window.app.loadGraphData(w, true, true, null); },
+      cfg.workflows[cfg.shot.name]);
+    // The reference image's preview, then the whole graph (nodes and groups) fitted to the canvas.
+    await page.waitForFunction(() => window.app.graph.nodes.filter((n) => n.type === "LoadImage")
+      .every((n) => n.imgs?.[0]?.complete && n.imgs[0].naturalWidth > 0), null, { timeout: 30000 });
+    const bounds = await page.evaluate(() => {
+      const app = window.app, canvas = app.canvas;
+      let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+      const add = (x, y, w, h) => { x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h); };
+      for (const n of app.graph.nodes) add(n.pos[0], n.pos[1] - 32, n.size[0], n.size[1] + 32);
+      for (const g of app.graph.groups ?? app.graph._groups ?? []) add(...g._bounding ?? g.bounding);
+      const el = canvas.canvas, margin = 24;
+      const w = el.clientWidth, h = el.clientHeight;
+      const scale = Math.min((w - 2 * margin) / (x1 - x0), (h - 2 * margin) / (y1 - y0));
+      canvas.ds.scale = scale;
+      canvas.ds.offset[0] = (w / scale - (x1 - x0)) / 2 - x0;
+      canvas.ds.offset[1] = (h / scale - (y1 - y0)) / 2 - y0;
+      canvas.setDirty(true, true);
+      canvas.draw(true, true);
+      const r = el.getBoundingClientRect();
+      return { x: r.x, y: r.y, width: r.width, height: r.height, scale };
+    });
+    report.scale = bounds.scale;
+    await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve))));
+    await page.screenshot({ path: cfg.shot.path, clip: { x: bounds.x, y: bounds.y, width: bounds.width, height: bounds.height } });
+  } catch (e) {
+    report.error = String(e?.stack || e);
+  } finally {
+    await context.close();
+  }
+  process.stdout.write(JSON.stringify(report));
+}
+
+main();
