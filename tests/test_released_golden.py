@@ -37,10 +37,6 @@ def golden():
     return load_file(str(DATA / "released_golden.safetensors")), meta
 
 
-def _cases(meta) -> list[str]:
-    return sorted(meta["cases"])
-
-
 def _branch(t, side: str):
     return [[t[f"inputs.{side}_text_states"], {"pooled_output": t[f"inputs.{side}_pooled"],
                                                 "attention_mask": t[f"inputs.{side}_text_mask"]}]]
@@ -63,7 +59,7 @@ def test_the_stand_in_masks_are_the_released_text_encoders(golden):
 def test_the_pack_hands_the_transformer_the_releases_masks(golden):
     t, meta = golden
     pos, neg = _conditioning(t)
-    for case in _cases(meta):
+    for case in sorted(meta["cases"]):
         if meta["cases"][case]["guidance"] <= 1:
             continue
         step0 = t[f"{case}.step0_text_mask"].long()  # [negative, positive], as the release batches
@@ -83,21 +79,58 @@ def comfy_model():
     return comfy.sd.load_diffusion_model_state_dict(dict(sd), model_options={"dtype": torch.float32})
 
 
-@requires_comfyui
-def test_core_ksampler_with_the_pack_reaches_the_releases_final_latents(golden, comfy_model):
+def _editing(model, t):
+    """The Video-Driven mode's patch with the golden's background latent and editing weights."""
+    from modes_models import editing_state_dict
+
+    from hunyuancustom.modes.editing import BackgroundModules
+    from hunyuancustom.modes.inject import BackgroundCondition, ModeInjection
+
+    mods = BackgroundModules.from_state_dict(editing_state_dict(seed=7, width=128))
+    bg = t["inputs.bg_latent"]
+    return ModeInjection(tuple(bg.shape[2:]), background=BackgroundCondition(mods, bg)).patch_model(model)
+
+
+def _ksampler(model, c: dict, pos, neg, t) -> torch.Tensor:
     import comfy.sample
 
     import nodes
 
+    latent = {"samples": torch.zeros_like(t["inputs.noise"])}
+    # core's noise for the seed is the noise the release was given
+    assert torch.equal(comfy.sample.prepare_noise(latent["samples"], c["seed"]), t["inputs.noise"])
+    return nodes.KSampler().sample(model, c["seed"], c["steps"], c["guidance"], "euler", "simple", pos, neg,
+                                   latent)[0]["samples"]
+
+
+@requires_comfyui
+@pytest.mark.parametrize("case", ["ref2v_30_deepcache", "ref2v_30_nocache", "ref2v_6", "ref2v_6_nocfg",
+                                  "editing_8"])
+def test_core_ksampler_with_the_pack_reaches_the_releases_final_latents(golden, comfy_model, case):
     t, meta = golden
+    c = meta["cases"][case]
+    model = released.apply_released(comfy_model, deepcache=bool(c["use_deepcache"]), shift=c["shift"])
+    if c["editing"]:
+        model = _editing(model, t)
+    forward = released.released_forward(model)
+    before = dict(forward.calls)
     pos, neg = _conditioning(t)
-    for case in _cases(meta):
-        c = meta["cases"][case]
-        model = released.apply_released(comfy_model, deepcache=bool(c["use_deepcache"]), shift=c["shift"])
-        latent = {"samples": torch.zeros_like(t["inputs.noise"])}
-        assert torch.equal(comfy.sample.prepare_noise(latent["samples"], c["seed"]), t["inputs.noise"])
-        out = nodes.KSampler().sample(model, c["seed"], c["steps"], c["guidance"], "euler", "simple", pos,
-                                      neg, latent)[0]["samples"]
-        want = t[f"{case}.latent"]
-        err = ((out * SCALE - want).abs().max() / want.abs().max()).item()
-        assert err < RTOL, f"{case}: relative error {err:.2e} against the released pipeline"
+    out = _ksampler(model, c, pos, neg, t)
+    want = t[f"{case}.latent"]
+    err = ((out * SCALE - want).abs().max() / want.abs().max()).item()
+    assert err < RTOL, f"{case}: relative error {err:.2e} against the released pipeline"
+    branches = 2 if c["guidance"] > 1 else 1
+    assert forward.calls["cached"] - before["cached"] == branches * len(c["cached_steps"])
+
+
+@requires_comfyui
+def test_without_the_pack_core_differs_from_the_release(golden, comfy_model):
+    """What the patches are for: core's own model (one branch, which it can run) with the same
+    conditioning misses the released latents (its token refiner reads the released mask otherwise)."""
+    t, meta = golden
+    c = meta["cases"]["ref2v_6_nocfg"]
+    model = released.with_flow_shift(comfy_model, c["shift"])
+    pos, neg = _conditioning(t)
+    out = _ksampler(model, c, pos, neg, t)
+    want = t["ref2v_6_nocfg.latent"]
+    assert ((out * SCALE - want).abs().max() / want.abs().max()).item() > 100 * RTOL

@@ -199,7 +199,8 @@ def _capture_last_single_block(net, opts: dict, cache: dict, key, s: dict) -> di
     ref_tokens = _tokens(net, ref) if ref is not None else 0
 
     def record(args, extra):
-        cache[key] = {"img": args["img"], "pe": args["pe"], "mask": args.get("attention_mask"),
+        # a copy: core's single block adds its output to its input in place
+        cache[key] = {"img": args["img"].clone(), "pe": args["pe"], "mask": args.get("attention_mask"),
                       "img_len": _tokens(net, s["x"]) + ref_tokens, "ref_len": ref_tokens}
         return inner(args, extra) if inner is not None else extra["original_block"](args)
 
@@ -227,7 +228,7 @@ def _last_block_only(net, s: dict, cached: dict) -> torch.Tensor:
         vec = vec + net.vector_in(s["y"][:, :net.params.vec_in_dim])
     if net.params.guidance_embed and s.get("guidance") is not None:
         vec = vec + net.guidance_in(timestep_embedding(s["guidance"], 256).to(img.dtype))
-    out = net.single_blocks[-1](img, vec=vec, pe=cached["pe"], attn_mask=cached["mask"],
+    out = net.single_blocks[-1](img.clone(), vec=vec, pe=cached["pe"], attn_mask=cached["mask"],
                                 modulation_dims=None, transformer_options=opts)
     out = out[:, cached["ref_len"]:cached["img_len"]]
     out = net.final_layer(out, vec, modulation_dims=None)
