@@ -6,7 +6,8 @@ the tiny released-layout weights of `tests/local_models.py` and fixed stand-in e
 
 Without ComfyUI: the conditioning the pack builds carries the masks the release hands its
 transformer. With ComfyUI (COMFYUI_PATH): core's KSampler, on a MODEL from the pack's patch and the
-pack's conditioning, ends at the release's final latents to float32 precision, for every case.
+pack's conditioning (and the Audio-Driven / Video-Driven patches for the mode cases), ends at the
+release's final latents to float32 precision, for every case.
 """
 
 from __future__ import annotations
@@ -91,6 +92,19 @@ def _editing(model, t):
     return ModeInjection(tuple(bg.shape[2:]), background=BackgroundCondition(mods, bg)).patch_model(model)
 
 
+def _audio(model, t, strength: float):
+    """The Audio-Driven mode's patch with the golden's whisper windows and audio weights."""
+    from modes_models import audio_state_dict
+
+    from hunyuancustom.modes.audio import AudioModules
+    from hunyuancustom.modes.inject import AudioCondition, ModeInjection
+
+    mods = AudioModules.from_state_dict(audio_state_dict(width=128))
+    shape = tuple(t["inputs.noise"].shape[2:])
+    audio = AudioCondition(mods, t["inputs.audio_prompts"], strength)
+    return ModeInjection(shape, audio=audio).patch_model(model)
+
+
 def _ksampler(model, c: dict, pos, neg, t) -> torch.Tensor:
     import comfy.sample
 
@@ -105,13 +119,15 @@ def _ksampler(model, c: dict, pos, neg, t) -> torch.Tensor:
 
 @requires_comfyui
 @pytest.mark.parametrize("case", ["ref2v_30_deepcache", "ref2v_30_nocache", "ref2v_6", "ref2v_6_nocfg",
-                                  "editing_8"])
+                                  "editing_8", "audio_8"])
 def test_core_ksampler_with_the_pack_reaches_the_releases_final_latents(golden, comfy_model, case):
     t, meta = golden
     c = meta["cases"][case]
     model = released.apply_released(comfy_model, deepcache=bool(c["use_deepcache"]), shift=c["shift"])
     if c["editing"]:
         model = _editing(model, t)
+    if c["audio"]:
+        model = _audio(model, t, c["audio_strength"])
     forward = released.released_forward(model)
     before = dict(forward.calls)
     pos, neg = _conditioning(t)
