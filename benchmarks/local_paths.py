@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     from hunyuancustom.local import sampler as local
     from hunyuancustom.local.comfy_model import load_model
 
-    core_nodes = sys.modules["nodes"]  # core's nodes.py (imported by the pack), not this repo's nodes/
+    core_nodes = importlib.import_module("nodes")  # core's nodes.py (its root is first on sys.path)
     assert hasattr(core_nodes, "KSampler"), core_nodes
     node_local = importlib.import_module(pack.__name__ + ".nodes.local")
     text_dim = 32
