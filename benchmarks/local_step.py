@@ -56,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--text-tokens", type=int, default=831,
                    help="text tokens per branch (released: 831 = 256 template tokens + 575 image features)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the results here (rewritten after each configuration; e.g. $OUT/x.json)")
     return p.parse_args(argv)
 
 
@@ -236,14 +237,15 @@ def main(argv=None) -> int:
                 r.update({"dtype": dtype, "offload": offload, "frames": n, "size": f"{width}x{height}",
                           "device": torch.cuda.get_device_name() if build_device == "cuda" else "cpu"})
                 results.append(r)
+                if args.json:  # after every configuration, so a run cut short keeps its figures
+                    args.json.write_text(json.dumps(results, indent=2))
                 peak = f"{r['peak_gb']:.1f} GB" if r.get("peak_gb") is not None else "n/a (CPU)"
-                line = (f"{r['s_per_step']:.2f} s/CFG step, peak {peak}" if r["status"] == "ok"
+                line = (f"{r['s_per_step']:.2f} s/CFG step, peak {peak}, passes {r['full_passes']} full + "
+                        f"{r['shortened_passes']} shortened" if r["status"] == "ok"
                         else f"{r['status']}: {r.get('error', '')}")
                 print(f"  {dtype:4s} offload={offload:5s} {width}x{height}x{n:<3d}: {line}", flush=True)
         del patcher
         gc.collect()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
