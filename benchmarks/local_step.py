@@ -3,15 +3,20 @@
 Builds the full HunyuanCustom transformer (20 double + 40 single blocks, hidden 3072, text width
 4096; 852 tensors in the released key layout) from random weights, loads it through the pack's
 loader into ComfyUI core's HunyuanVideo model (bf16, or the released fp8 layout with its scales),
-and times one CFG step (positive + negative branch, each with its reference latent) of the pack's
-sampler at 1280x720 for 129, 65 and 33 frames, with core's model management loading the whole
-model ("full") or offloading weights to the CPU under a VRAM budget ("24" = act as a 24 GB
-card: core's free-memory reading is lowered by the difference and PyTorch's allocator is capped at
-24 GB, so an over-budget run fails with OOM instead of passing).
+gives it the released recipe (`released.apply_released`, as Load Model (Local) does), and times
+`--steps` sampling steps (each a CFG step: positive + negative branch, each with its reference
+latent, CONDITIONING in the released layout) through core's KSampler path (`sampler.sample` =
+`nodes.common_ksampler`, what Ref2V (Local) and KSampler run) at 1280x720 for 129, 65 and 33
+frames, with core's model management loading the whole model ("full") or offloading weights to
+the CPU under a VRAM budget ("24" = act as a 24 GB card: core's free-memory reading is lowered
+by the difference and PyTorch's allocator is capped at 24 GB, so an over-budget run fails with OOM
+instead of passing).
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/local_step.py                 # full matrix
     COMFYUI_PATH=... python benchmarks/local_step.py --dtype fp8 --offload 24 --frames 129
     COMFYUI_PATH=... python benchmarks/local_step.py --tiny                       # CPU smoke run
+    COMFYUI_PATH=... python benchmarks/local_step.py --dtype bf16 --offload full --frames 129 --steps 30 \
+        [--deepcache]     # issue 12 (c): a 30-step run with and without DeepCache's shortened steps
 
 Needs CUDA for the full size and refuses to start without it. `--tiny` (alias `--cpu`) runs the
 same code path on the CPU with a tiny model (hidden 128, 2 + 2 blocks) at 64x64, 5 and 9 frames.
@@ -41,12 +46,18 @@ def parse_args(argv=None):
     p.add_argument("--dtype", nargs="+", choices=("bf16", "fp8"), default=["bf16", "fp8"])
     p.add_argument("--offload", nargs="+", default=["full", "24"],
                    help="'full' (whole model on the GPU) and/or VRAM budgets in GB for core's offload")
-    p.add_argument("--steps", type=int, default=1, help="timed CFG steps per configuration")
+    p.add_argument("--steps", type=int, default=1,
+                   help="sampling steps per configuration (one sampler run, timed whole; s/step = total / "
+                        "steps, so the sampler's setup is included: use a few steps)")
+    p.add_argument("--deepcache", action="store_true",
+                   help="the released DeepCache on (it acts at exactly 30 steps: run --steps 30 with and "
+                        "without it for the cost of a shortened step)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
-    p.add_argument("--text-tokens", type=int, default=640,
-                   help="prompt tokens per branch (prompt + suffix + 576 image features)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--text-tokens", type=int, default=831,
+                   help="text tokens per branch (released: 831 = 256 template tokens + 575 image features)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the results here (rewritten after each configuration; e.g. $OUT/x.json)")
     return p.parse_args(argv)
 
 
@@ -54,7 +65,7 @@ def setup_comfy(tiny: bool):
     root = os.environ.get("COMFYUI_PATH")
     if not root:
         sys.exit("COMFYUI_PATH is not set: point it at a ComfyUI checkout (core runs the model)")
-    for path in (root, str(REPO), str(REPO / "tests")):
+    for path in (str(REPO / "tests"), str(REPO), root):  # root first: core's `nodes`, not this repo's
         if path not in sys.path:
             sys.path.insert(0, path)
     saved = sys.argv
@@ -104,28 +115,36 @@ def build_checkpoint(size: dict, dtype: str, device):
 
 
 def inputs(size: dict, width: int, height: int, frames: int, text_tokens: int, device):
+    """(positive, negative, LATENT) as Conditioning (Local) gives them: ready CONDITIONING in the
+    released layout (text states, the released mask: prompt ones, padding zeros, 575 image-feature
+    ones; pooled [1, 768]), the same reference latent on both branches, the negative mask cut."""
     import torch
 
-    from hunyuancustom.local import sampler as local
+    from hunyuancustom.local import conditioning as cond
 
-    shape = local.latent_shape(width, height, frames)
+    latent = cond.empty_latent(width, height, frames)
+    _, _, _, h, w = latent["samples"].shape
     g = torch.Generator().manual_seed(1)
+    image_ones = min(cond.EXTRA_IMAGE_FEATURES, max(0, text_tokens - 2))
+    prompt_ones = max(1, min(40, text_tokens - image_ones))  # released: 40 + 216 padding + 575
+    mask = torch.zeros(1, text_tokens, dtype=torch.long)
+    mask[:, :prompt_ones] = 1
+    mask[:, text_tokens - image_ones:] = 1
 
     def branch():
-        return local.Branch(torch.randn(1, text_tokens, size["text_dim"], generator=g),
-                            torch.randn(1, 768, generator=g),
-                            torch.randn(1, 16, 1, shape[3], shape[4], generator=g))
+        return [[torch.randn(1, text_tokens, size["text_dim"], generator=g),
+                 {"pooled_output": torch.randn(1, 768, generator=g), "attention_mask": mask.clone()}]]
 
-    x = torch.randn(shape, generator=g)
-    pos, neg = branch(), branch()
-    for b in (pos, neg):
-        b.context, b.pooled, b.ref_latent = (t.to(device) for t in (b.context, b.pooled, b.ref_latent))
-    return x.to(device), pos, neg
+    ref = torch.randn(1, 16, 1, h, w, generator=g)
+    pos = cond.with_reference(branch(), ref, "positive")
+    neg = cond.with_reference(branch(), ref, "negative", negative=True)
+    return pos, neg, latent
 
 
 def run_config(mm, patcher, size, args, frames, offload, width, height):
     import torch
 
+    from hunyuancustom.local import released
     from hunyuancustom.local import sampler as local
 
     device = patcher.load_device
@@ -150,24 +169,27 @@ def run_config(mm, patcher, size, args, frames, offload, width, height):
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-        shape = local.latent_shape(width, height, frames)
-        memory = patcher.model.memory_required([1, *shape[1:]]) * 1.5
+        pos, neg, latent = inputs(size, width, height, frames, args.text_tokens, device)
+        shape = latent["samples"].shape
+        memory = patcher.model.memory_required([2, *shape[1:]]) * 1.5
         mm.load_models_gpu([patcher], memory_required=memory, force_full_load=offload == "full")
-        x, pos, neg = inputs(size, width, height, frames, args.text_tokens, device)
-        sigmas = local.flow_sigmas(max(args.steps, 1), 13.0).to(device)
-        times = []
+        # core's KSampler path with the pack's MODEL patch (Load Model (Local) gives the same MODEL)
+        model = released.apply_released(patcher, deepcache=args.deepcache)
+        passes = released.released_forward(model).calls
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
         with torch.no_grad():
-            for i in range(args.steps):
-                if cuda:
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                local.predict(patcher, x, sigmas[i : i + 1], pos, neg, 7.5, {})
-                if cuda:
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - t0)
+            local.sample(model, pos, neg, latent, seed=0, steps=args.steps, cfg=7.5)
+        if cuda:
+            torch.cuda.synchronize(device)
+        total = time.perf_counter() - t0
+        times = [total / args.steps]
         peak = torch.cuda.max_memory_allocated(device) / GB if cuda else None
         on_gpu = patcher.loaded_size() / GB if hasattr(patcher, "loaded_size") else None
-        return {"s_per_step": sum(times) / len(times), "step_times": times, "peak_gb": peak,
+        return {"s_per_step": sum(times) / len(times), "sampling_s": total, "steps": args.steps,
+                "deepcache": args.deepcache, "full_passes": passes["full"],
+                "shortened_passes": passes["cached"], "peak_gb": peak,
                 "weights_on_gpu_gb": on_gpu, "status": "ok"}
     except torch.OutOfMemoryError as e:
         return {"status": "OOM", "error": str(e).splitlines()[0]}
@@ -215,14 +237,15 @@ def main(argv=None) -> int:
                 r.update({"dtype": dtype, "offload": offload, "frames": n, "size": f"{width}x{height}",
                           "device": torch.cuda.get_device_name() if build_device == "cuda" else "cpu"})
                 results.append(r)
+                if args.json:  # after every configuration, so a run cut short keeps its figures
+                    args.json.write_text(json.dumps(results, indent=2))
                 peak = f"{r['peak_gb']:.1f} GB" if r.get("peak_gb") is not None else "n/a (CPU)"
-                line = (f"{r['s_per_step']:.2f} s/CFG step, peak {peak}" if r["status"] == "ok"
+                line = (f"{r['s_per_step']:.2f} s/CFG step, peak {peak}, passes {r['full_passes']} full + "
+                        f"{r['shortened_passes']} shortened" if r["status"] == "ok"
                         else f"{r['status']}: {r.get('error', '')}")
                 print(f"  {dtype:4s} offload={offload:5s} {width}x{height}x{n:<3d}: {line}", flush=True)
         del patcher
         gc.collect()
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
     return 0
 
 
