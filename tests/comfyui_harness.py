@@ -118,7 +118,8 @@ class ComfyServer:
     """One ComfyUI process. Created by `running_comfyui`; talk to it over its HTTP API."""
 
     def __init__(self, base_dir: Path, env_extra: Mapping[str, str] | None = None,
-                 listen: str = "127.0.0.1", models_config: Path | None = None):
+                 listen: str = "127.0.0.1", models_config: Path | None = None,
+                 extra_args: tuple[str, ...] | list[str] = ()):
         root = comfyui_path()
         if root is None:
             raise RuntimeError(skip_reason)
@@ -152,6 +153,7 @@ class ComfyServer:
         self.env.update({"PYTHONUNBUFFERED": "1", "HUNYUANCUSTOM_DATA_DIR": str(self.data_dir)})
         self.env.update(env_extra or {})
         self.python = os.environ.get("COMFYUI_PYTHON") or sys.executable
+        self.extra_args = list(extra_args)  # more ComfyUI flags, e.g. ["--preview-method", "latent2rgb"]
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -166,6 +168,7 @@ class ComfyServer:
             "--extra-model-paths-config", str(self.paths_config),
             # The default database lives inside the checkout and would be shared between runs.
             "--database-url", f"sqlite:///{self.base_dir / 'comfyui.db'}",
+            *self.extra_args,
         ] + (["--extra-model-paths-config", str(self.models_config)] if self.models_config else [])
 
     # --- lifecycle ---

@@ -1,11 +1,16 @@
 """Local ref2v inside a real ComfyUI (COMFYUI_PATH), on tiny random-weight checkpoints.
 
 In-process: every checkpoint layout loads into core's HunyuanVideo model with every key mapped; the
-fp8 file with its scales gives the same outputs as its dequantised weights; the pack's guided
-prediction equals core's own HunyuanVideo forward with `ref_latent` (both branches) to float
-tolerance, and the Euler loop equals a hand-written one. End to end: the loader and ref2v nodes run
-on the CPU in a ComfyUI server at 64x64, 5 frames, and return frames and a VIDEO; the example
-workflow's nodes and widgets match the server's /object_info.
+fp8 file with its scales gives the same outputs as its dequantised weights. The released-recipe
+patch (`released.py`) under core's own samplers: a batch (both CFG branches of equal-length prompts,
+batch_size 2) equals unbatched calls exactly, where core's HunyuanVideo alone fails; the one-node
+path (Ref2V (Local)) and Conditioning (Local) + core's KSampler give the same latents and the same
+transformer calls; core's EasyCache and LazyCache cut the transformer calls on both paths;
+TorchCompileModel, CFGZeroStar, RescaleCFG and LoRAs (on a double block and on the token refiner,
+through core's LoraLoaderModelOnly) reach the one-node path. Transformer passes are counted with
+forward hooks on core's own blocks. End to end in a ComfyUI server (64x64, 5 frames): the loader and
+Ref2V (Local) run and return frames, a VIDEO and a preview; Ref2V (Local) alone is an output node;
+progress and latent previews arrive over the websocket each step; Cancel stops within a step.
 """
 
 from __future__ import annotations
@@ -27,9 +32,7 @@ from local_models import (
     write_scaled_safetensors,
 )
 
-from comfyui_harness import ComfyServer, execution_error, import_comfy, requires_comfyui
-from hunyuancustom.local import sampler as local
-from hunyuancustom.local.schedule import flow_sigmas
+from comfyui_harness import ComfyServer, execution_error, import_comfy, import_pack, requires_comfyui
 from workflow_check import check_ui_workflow
 
 pytestmark = requires_comfyui
@@ -60,23 +63,25 @@ def files(tmp_path_factory):
     }
 
 
+def _branch(g, text, h, w):
+    return {"context": torch.randn(1, text, TEXT_DIM, generator=g),
+            "pooled": torch.randn(1, 768, generator=g),
+            "ref_latent": torch.randn(1, 16, 1, h, w, generator=g)}
+
+
 def _inputs(seed=0, t=2, h=4, w=6, text=7):
     g = torch.Generator().manual_seed(seed)
-    return {
-        "x": torch.randn(1, 16, t, h, w, generator=g),
-        "pos": local.Branch(torch.randn(1, text, TEXT_DIM, generator=g), torch.randn(1, 768, generator=g),
-                            torch.randn(1, 16, 1, h, w, generator=g)),
-        "neg": local.Branch(torch.randn(1, text, TEXT_DIM, generator=g), torch.randn(1, 768, generator=g),
-                            torch.randn(1, 16, 1, h, w, generator=g)),
-    }
+    return {"x": torch.randn(1, 16, t, h, w, generator=g), "pos": _branch(g, text, h, w),
+            "neg": _branch(g, text, h, w)}
 
 
-def _core_velocity(patcher, x, sigma, branch: local.Branch):
-    """Core's own forward, called directly: the reference the pack must not drift from."""
+def _core_velocity(patcher, x, sigma, branch, **extra):
+    """Core's own forward, called directly (with the MODEL's wrappers when it has any)."""
     net = patcher.model.diffusion_model
+    options = extra.pop("transformer_options", {})
     with torch.no_grad():
-        return net(x, sigma * 1000, branch.context, y=branch.pooled, ref_latent=branch.ref_latent * SCALE,
-                   transformer_options={}).float()
+        return net(x, sigma * 1000, branch["context"], y=branch["pooled"],
+                   ref_latent=branch["ref_latent"] * SCALE, transformer_options=options, **extra).float()
 
 
 @pytest.mark.parametrize("layout", ["pt", "fp8", "scaled", "plain"])
@@ -107,79 +112,339 @@ def test_fp8_with_scales_matches_dequantised_weights(comfy, files):
     assert (b - c).norm() / c.norm() < 0.1
 
 
-def test_guided_prediction_equals_core_forward(comfy, files):
+def _batch_of_two(seed=2, h=4, w=6, text=7):
+    """Two samples (different latents, prompts, references and released text masks) and their batch."""
+    a, b = _inputs(seed=seed, h=h, w=w, text=text), _inputs(seed=seed + 1, h=h, w=w, text=text)
+    masks = [torch.tensor([[1, 1, 1, 1, 0, 0, 1]]), torch.tensor([[1, 1, 1, 1, 1, 0, 0]])]
+    samples = [(a["x"], a["pos"], masks[0]), (b["x"], b["neg"], masks[1])]
+    batch = (torch.cat([a["x"], b["x"]]),
+             {k: torch.cat([a["pos"][k], b["neg"][k]]) for k in ("context", "pooled", "ref_latent")},
+             torch.cat(masks))
+    return samples, batch
+
+
+def test_core_hunyuanvideo_alone_fails_a_batch_with_a_reference_latent(comfy, files):
+    """Why the pack's patch runs one sample at a time: core's forward writes into an expanded view
+    of the reference's position ids (core's sampler forms such batches for equal-length prompts)."""
     patcher, _ = comfy.load_model(files["plain"])
-    inp = _inputs(seed=2)
-    sigma = torch.tensor([0.6])
-    x = inp["x"]
-    with torch.no_grad():
-        ours = local.predict(patcher, x, sigma, inp["pos"], inp["neg"], 7.5, {})
-    v_pos = _core_velocity(patcher, x, sigma, inp["pos"])
-    v_neg = _core_velocity(patcher, x, sigma, inp["neg"])
-    expected = x - sigma * (v_neg + 7.5 * (v_pos - v_neg))
-    assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-4)
-    # the negative branch really sees its own reference latent
-    assert not torch.allclose(v_pos, _core_velocity(patcher, x, sigma, local.Branch(
-        inp["pos"].context, inp["pos"].pooled, inp["neg"].ref_latent)))
+    _, (x, branch, _) = _batch_of_two()
+    try:
+        out = _core_velocity(patcher, x, torch.tensor([0.6, 0.6]), branch)
+    except RuntimeError as e:
+        assert "refers to a single memory location" in str(e)
+    else:
+        pytest.skip(f"core's HunyuanVideo now takes a batch with ref_latent (output {tuple(out.shape)})")
 
 
-def test_unequal_text_lengths(comfy, files):
-    patcher, _ = comfy.load_model(files["plain"])
-    inp = _inputs(seed=3)
-    short = local.Branch(inp["neg"].context[:, :3], inp["neg"].pooled, inp["neg"].ref_latent)
-    sigma = torch.tensor([0.5])
-    with torch.no_grad():
-        ours = local.predict(patcher, inp["x"], sigma, inp["pos"], short, 5.0, {})
-    v_pos = _core_velocity(patcher, inp["x"], sigma, inp["pos"])
-    v_neg = _core_velocity(patcher, inp["x"], sigma, short)
-    assert torch.allclose(ours, inp["x"] - sigma * (v_neg + 5.0 * (v_pos - v_neg)), rtol=1e-4, atol=1e-4)
-
-
-def test_euler_loop_equals_hand_written_loop(comfy, files):
-    patcher, _ = comfy.load_model(files["plain"])
-    inp = _inputs(seed=4)
-    steps, shift, scale, seed = 3, 13.0, 7.5, 11
-    seen = []
-    with torch.no_grad():
-        out = local.sample(patcher, inp["pos"], inp["neg"], (1, 16, 2, 4, 6), steps=steps,
-                           guidance_scale=scale, flow_shift=shift, seed=seed,
-                           on_step=lambda i, n: seen.append((i, n)))
-    assert seen == [(1, 3), (2, 3), (3, 3)]
-    sigmas = flow_sigmas(steps, shift)
-    x = torch.randn((1, 16, 2, 4, 6), generator=torch.Generator().manual_seed(seed))
-    for i in range(steps):
-        s = sigmas[i:i + 1]
-        v_pos = _core_velocity(patcher, x, s, inp["pos"])
-        v_neg = _core_velocity(patcher, x, s, inp["neg"])
-        x = x + (sigmas[i + 1] - s) * (v_neg + scale * (v_pos - v_neg))
-    assert torch.allclose(out, x / SCALE, rtol=1e-3, atol=1e-3)
-
-
-def test_cancel_between_steps(comfy, files):
+def test_patched_batch_equals_unbatched_calls_exactly(comfy, files):
     import comfy.model_management as mm
 
-    patcher, _ = comfy.load_model(files["plain"])
-    inp = _inputs(seed=5)
-    calls = []
+    from hunyuancustom.local import released
 
-    def on_step(i, n):
-        calls.append(i)
-        mm.interrupt_current_processing(True)
+    model = released.apply_released(comfy.load_model(files["plain"])[0])
+    mm.load_models_gpu([model])  # the object patch (the released token refiner) goes in
+    # what core's sampler hands the model: the MODEL's options with its wrappers
+    options = {**model.model_options["transformer_options"], "wrappers": model.wrappers}
+    samples, (x, branch, mask) = _batch_of_two()
+    sigma = torch.tensor([0.6])
+    batched = _core_velocity(model, x, sigma.repeat(2), branch, attention_mask=mask,
+                             transformer_options={**options, "cond_or_uncond": [0, 1]})
+    single = [_core_velocity(model, xi, sigma, bi, attention_mask=mi,
+                             transformer_options={**options, "cond_or_uncond": [c]})
+              for c, (xi, bi, mi) in enumerate(samples)]
+    assert torch.equal(batched, torch.cat(single))
+    # the masks matter: the same batch with all-ones masks gives another result
+    ones = _core_velocity(model, x, sigma.repeat(2), branch, attention_mask=torch.ones_like(mask),
+                          transformer_options={**options, "cond_or_uncond": [0, 1]})
+    assert not torch.allclose(ones, batched)
 
-    with pytest.raises(mm.InterruptProcessingException):
-        local.sample(patcher, inp["pos"], inp["neg"], (1, 16, 2, 4, 6), steps=5, guidance_scale=7.5,
-                     flow_shift=13.0, seed=0, on_step=on_step)
-    mm.interrupt_current_processing(False)
-    assert calls == [1]
 
-
-def test_frames_must_be_4k_plus_1():
+def test_frames_and_sizes_are_checked():
     from hunyuancustom.errors import ValidationError
+    from hunyuancustom.local import conditioning as cond
 
     with pytest.raises(ValidationError, match="num_frames"):
-        local.latent_shape(64, 64, 6)
-    assert local.latent_shape(1280, 720, 129) == (1, 16, 33, 90, 160)
+        cond.check_frames(6, "num_frames")
+    with pytest.raises(ValidationError, match="width"):
+        cond.empty_latent(72, 64, 5)
+    assert cond.empty_latent(1280, 720, 129)["samples"].shape == (1, 16, 33, 90, 160)
+    assert cond.empty_latent(64, 48, 5, batch_size=2)["samples"].shape == (2, 16, 2, 6, 8)
 
+
+# ---- the one-node path and the KSampler path, in-process ----------------------------------------
+
+W, H, FRAMES = 32, 32, 5  # latent [1, 16, 2, 4, 4]
+
+
+@pytest.fixture(scope="module")
+def nodes_local(comfy):
+    import importlib
+
+    return importlib.import_module(import_pack().__name__ + ".nodes.local")
+
+
+@pytest.fixture(scope="module")
+def vae(comfy, vae_file):
+    import comfy.sd
+    import comfy.utils
+
+    return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_file)))
+
+
+@pytest.fixture(scope="module")
+def model_dirs(comfy, tmp_path_factory):
+    """Model folders registered with core's folder_paths, as a user's models/ folders; previews
+    the nodes write go to a temporary folder."""
+    import folder_paths
+
+    base = tmp_path_factory.mktemp("inproc_models")
+    dirs = {name: base / name for name in ("diffusion_models", "loras", "temp")}
+    for name, d in dirs.items():
+        d.mkdir()
+        if name != "temp":
+            folder_paths.add_model_folder_path(name, str(d))
+    saved = folder_paths.get_temp_directory()
+    folder_paths.set_temp_directory(str(dirs["temp"]))
+    write_released_pt(dirs["diffusion_models"] / "hc_inproc.pt", backbone_state_dict(seed=5))
+    yield dirs
+    folder_paths.set_temp_directory(saved)
+
+
+@pytest.fixture(scope="module")
+def loaded(nodes_local, model_dirs):
+    """The MODEL of Load Model (Local) (released recipe, DeepCache on)."""
+    return nodes_local.LocalModelLoader.execute("hc_inproc.pt", "keep", "default", True).args[0]
+
+
+def _cond(seed, length=6, mask=None):
+    g = torch.Generator().manual_seed(seed)
+    extra = {"pooled_output": torch.randn(1, 768, generator=g)}
+    if mask is not None:
+        extra["attention_mask"] = torch.tensor([mask])
+    return [[torch.randn(1, length, TEXT_DIM, generator=g), extra]]
+
+
+# equal lengths, both with a released-style token mask: core batches the two CFG branches
+POSITIVE, NEGATIVE = _cond(1, mask=[1, 1, 1, 1, 0, 1]), _cond(2, mask=[1, 1, 1, 0, 0, 0])
+IMAGE = torch.rand(1, 40, 24, 3, generator=torch.Generator().manual_seed(0))
+
+
+class Passes:
+    """Transformer passes counted on core's own blocks: `full` = first double block (a whole pass),
+    `last` = last single block (whole passes and the released DeepCache's cached steps). A pass a
+    step cache skips reaches neither."""
+
+    def __init__(self, model):
+        net = model.model.diffusion_model
+        self.full = self.last = 0
+        self._hooks = [net.double_blocks[0].register_forward_pre_hook(lambda *_: self._add("full")),
+                       net.single_blocks[-1].register_forward_pre_hook(lambda *_: self._add("last"))]
+
+    def _add(self, name):
+        setattr(self, name, getattr(self, name) + 1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+
+    @property
+    def counts(self):
+        return {"full": self.full, "cached": self.last - self.full}
+
+
+def conditioning_node(nodes_local, vae, batch_size=1, positive=POSITIVE, negative=NEGATIVE):
+    out = nodes_local.LocalConditioning.execute(vae, IMAGE, "A man waves.", "", "1280*720", FRAMES,
+                                                batch_size, positive=positive, negative=negative, width=W,
+                                                height=H)
+    return out.args
+
+
+def ksampler(model, positive, negative, latent, steps, seed=3, cfg=7.5):
+    import nodes
+
+    return nodes.KSampler().sample(model, seed, steps, cfg, "euler", "simple", positive, negative, latent)[0]
+
+
+def one_node(nodes_local, model, vae, steps, seed=3, latent=None, positive=POSITIVE, negative=NEGATIVE):
+    """Ref2V (Local)'s execute as ComfyUI calls it; returns (latent, frames, ui)."""
+    out = nodes_local.LocalRef2V.execute(
+        model, vae, IMAGE, "A man waves.", "", "1280*720", 7.5, 13.0, seed, steps, FRAMES, 25.0,
+        positive=positive, negative=negative, width=0 if latent is not None else W,
+        height=0 if latent is not None else H, latent=latent)
+    return out.args[3], out.args[1], out.ui
+
+
+def _paths(nodes_local, model, vae, steps, seed=3):
+    """(latent, passes) of the one-node path and of Conditioning (Local) + core's KSampler."""
+    with Passes(model) as a:
+        one = one_node(nodes_local, model, vae, steps, seed)[0]["samples"]
+    pos, neg, latent = conditioning_node(nodes_local, vae)
+    with Passes(model) as b:
+        two = ksampler(model, pos, neg, latent, steps, seed)["samples"]
+    return (one, a.counts), (two, b.counts)
+
+
+@pytest.mark.parametrize("steps", [4, 30])  # 30: the released DeepCache takes part
+def test_one_node_equals_conditioning_plus_ksampler(nodes_local, loaded, vae, steps):
+    from hunyuancustom.local import released
+
+    batches = []
+    spied = loaded.clone()
+
+    def spy(apply, a):
+        batches.append(list(a["cond_or_uncond"]))
+        return apply(a["input"], a["timestep"], **a["c"])
+
+    spied.set_model_unet_function_wrapper(spy)
+    calls = released.released_forward(spied).calls
+    before = dict(calls)
+    (one, one_passes), (two, two_passes) = _paths(nodes_local, spied, vae, steps)
+    assert one.shape == two.shape == (1, 16, 2, 4, 4)
+    assert torch.isfinite(one).all()
+    assert torch.equal(one, two)
+    assert one_passes == two_passes
+    # equal-length prompts: core sent both CFG branches in one batch, every step, on both paths
+    assert [sorted(b) for b in batches] == [[0, 1]] * (2 * steps)
+    cached = 16 if steps == 30 else 0  # DeepCache: 8 cached steps per branch at exactly 30 steps
+    assert one_passes == {"full": 2 * steps - cached, "cached": cached}
+    # the patch's own count agrees with the hooks
+    assert calls["full"] - before["full"] == 2 * one_passes["full"]
+    assert calls["cached"] - before["cached"] == 2 * cached
+
+
+def test_batch_size_2_each_video_equals_its_own_run(nodes_local, loaded, vae):
+    pos, neg, latent2 = conditioning_node(nodes_local, vae, batch_size=2)
+    assert latent2["samples"].shape[0] == 2
+    two = ksampler(loaded, pos, neg, latent2, 4)["samples"]
+    one = ksampler(loaded, pos, neg, conditioning_node(nodes_local, vae)[2], 4)["samples"]
+    # core draws the batch's noise in one go: video 0 has the batch-1 run's noise
+    assert torch.equal(two[:1], one)
+    assert not torch.allclose(two[0], two[1])  # video 1 has its own noise
+    # the one-node path takes the batch as its latent input and gives the same videos
+    latent, frames, _ = one_node(nodes_local, loaded, vae, 4, latent=latent2)
+    assert torch.equal(latent["samples"], two) and frames.shape == (2 * FRAMES, H, W, 3)
+
+
+def _cache(kind, model):
+    from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
+
+    node = {"EasyCache": EasyCacheNode, "LazyCache": LazyCacheNode}[kind]
+    # a high threshold so that random weights skip steps too
+    return node.execute(model, 1.0, 0.0, 1.0, False).args[0]
+
+
+@pytest.mark.parametrize("steps", [10, 30])
+@pytest.mark.parametrize("kind", ["EasyCache", "LazyCache"])
+def test_step_caches_cut_transformer_calls_on_both_paths(nodes_local, loaded, vae, kind, steps):
+    (plain, plain_passes), (plain_ks, _) = _paths(nodes_local, loaded, vae, steps)
+    cached_model = _cache(kind, loaded)
+    (one, one_passes), (two, two_passes) = _paths(nodes_local, cached_model, vae, steps)
+    print(f"\n{kind} {steps} steps: without {plain_passes}, one-node {one_passes}, KSampler {two_passes}")
+    assert one_passes["full"] < plain_passes["full"]
+    assert two_passes["full"] < plain_passes["full"]
+    assert one_passes == two_passes and torch.equal(one, two)  # the same cache decisions on both paths
+    assert torch.isfinite(one).all() and not torch.equal(one, plain)
+
+
+def test_easycache_keeps_each_video_of_a_batch_apart(nodes_local, loaded, vae):
+    """EasyCache keeps a cache per uuid; with batch_size 2 each video must use its own."""
+    model = _cache("EasyCache", loaded)
+    pos, neg, latent2 = conditioning_node(nodes_local, vae, batch_size=2)
+    with Passes(model) as p:
+        two = ksampler(model, pos, neg, latent2, 10)["samples"]
+    one = ksampler(model, pos, neg, conditioning_node(nodes_local, vae)[2], 10)["samples"]
+    assert p.counts["full"] < 2 * 2 * 10  # steps were skipped
+    assert torch.equal(two[:1], one)
+
+
+def _lora(model_dirs, name, module, out_dim, in_dim, seed):
+    """A rank-4 LoRA in core's generic key format (`<module>.lora_up/lora_down.weight`)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    save_file({f"diffusion_model.{module}.lora_up.weight": 0.5 * torch.randn(out_dim, 4, generator=g),
+               f"diffusion_model.{module}.lora_down.weight": 0.5 * torch.randn(4, in_dim, generator=g)},
+              str(model_dirs["loras"] / name))
+    return name
+
+
+def _patched(kind, model, model_dirs):
+    if kind == "CFGZeroStar":
+        from comfy_extras.nodes_cfg import CFGZeroStar
+
+        return CFGZeroStar.execute(model).args[0]
+    if kind == "RescaleCFG":
+        from comfy_extras.nodes_model_advanced import RescaleCFG
+
+        return RescaleCFG().patch(model, 0.7)[0]
+    import nodes
+
+    module = {"lora_double_block": "double_blocks.0.img_attn.qkv",
+              "lora_token_refiner": "txt_in.individual_token_refiner.blocks.0.self_attn.qkv"}[kind]
+    name = _lora(model_dirs, f"hc_{kind}.safetensors", module, 3 * 128, 128, seed=len(kind))
+    return nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, 1.0)[0]
+
+
+@pytest.mark.parametrize("kind", ["CFGZeroStar", "RescaleCFG", "lora_double_block", "lora_token_refiner"])
+def test_model_patches_change_the_one_node_output(nodes_local, loaded, vae, model_dirs, kind):
+    import comfy.model_management as mm
+
+    plain = one_node(nodes_local, loaded, vae, 4)[0]["samples"]
+    patched = _patched(kind, loaded, model_dirs)
+    out = one_node(nodes_local, patched, vae, 4)[0]["samples"]
+    assert torch.isfinite(out).all()
+    assert (out - plain).abs().max() > 1e-3, kind
+    if kind.startswith("lora"):  # the weights go back: the plain MODEL gives the plain result again
+        mm.unload_all_models()
+        assert torch.equal(one_node(nodes_local, loaded, vae, 4)[0]["samples"], plain)
+
+
+def test_torch_compile_model_compiles_the_one_node_path(nodes_local, loaded, vae):
+    """Core's TorchCompileModel on the one-node path: dynamo traces the transformer during sampling
+    and the result stays the same. The node's inductor backend works here too, but takes minutes on
+    a shared CPU; the `eager` backend exercises the same wrapper and the same graph capture."""
+    import torch._dynamo
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+    from torch._dynamo.utils import counters
+
+    plain = one_node(nodes_local, loaded, vae, 2)[0]["samples"]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = TorchCompileModel.execute(loaded, "eager").args[0]
+    try:
+        out = one_node(nodes_local, compiled, vae, 2)[0]["samples"]
+    finally:
+        captured = dict(counters["stats"])
+        torch._dynamo.reset()
+    assert captured.get("unique_graphs", 0) > 0, captured
+    assert torch.allclose(out, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_one_node_reports_and_previews(nodes_local, loaded, vae):
+    _, frames, ui = one_node(nodes_local, loaded, vae, 2, seed=11)
+    assert frames.shape == (FRAMES, H, W, 3)
+    info = ui["hunyuancustom"][0]
+    assert info["seed"] == 11 and info["steps"] == 2 and info["sampler"] == "euler"
+    assert ui["images"][0]["filename"].endswith(".mp4")
+
+
+def test_reference_latent_on_both_branches_and_the_negative_mask_cut(nodes_local, vae):
+    from hunyuancustom.local import reference
+
+    long_mask = [1] * 600 + [0] * 10  # a negative with the white image's 575 features in it
+    neg = _cond(4, length=610, mask=long_mask)
+    pos, negative, latent = conditioning_node(nodes_local, vae, negative=neg)
+    ref = pos[0][1]["ref_latent"]
+    assert ref.shape == (1, 16, 1, H // 8, W // 8)
+    assert torch.equal(negative[0][1]["ref_latent"], ref)
+    # the reference is the white-padded frame of the video's size, encoded by core's VAE
+    assert torch.allclose(ref, vae.encode(reference.vae_reference(IMAGE, W, H)[:, :, :, :3]))
+    assert int(negative[0][1]["attention_mask"].sum()) == 600 - 575
+    assert torch.equal(pos[0][1]["attention_mask"], POSITIVE[0][1]["attention_mask"])
+    assert latent["samples"].shape == (1, 16, 2, H // 8, W // 8)
 
 # ---- end to end in a ComfyUI server -----------------------------------------------------------
 
@@ -201,7 +466,37 @@ TEST_PACK = textwrap.dedent('''
             return ([[torch.randn(1, length, width, generator=g),
                       {"pooled_output": torch.randn(1, 768, generator=g)}]],)
 
-    NODE_CLASS_MAPPINGS = {"HCTestConditioning": HCTestConditioning}
+    class HCTestHoldAtStep:
+        """Test-only: a MODEL whose transformer, from sampling step `step` (0-based) on, waits until
+        ComfyUI's interrupt flag is set (at most 60 s) before computing: the test presses Cancel
+        while a step is known to be running."""
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"model": ("MODEL",), "step": ("INT", {"default": 3})}}
+        RETURN_TYPES = ("MODEL",)
+        FUNCTION = "patch"
+        CATEGORY = "testing"
+
+        def patch(self, model, step):
+            import time
+
+            import comfy.model_management as mm
+            import comfy.patcher_extension as ext
+
+            def hold(executor, *args, **kwargs):
+                opts = args[-1] if isinstance(args[-1], dict) else kwargs.get("transformer_options", {})
+                sigmas, all_sigmas = opts.get("sigmas"), opts.get("sample_sigmas")
+                index = int((all_sigmas == sigmas[0]).nonzero()[0]) if all_sigmas is not None else 0
+                deadline = time.monotonic() + 60
+                while index >= step and not mm.processing_interrupted() and time.monotonic() < deadline:
+                    time.sleep(0.02)  # waiting for a condition (Cancel), bounded
+                return executor(*args, **kwargs)
+
+            m = model.clone()
+            m.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, "hc_test_hold", hold)
+            return (m,)
+
+    NODE_CLASS_MAPPINGS = {"HCTestConditioning": HCTestConditioning, "HCTestHoldAtStep": HCTestHoldAtStep}
 ''')
 
 
@@ -230,23 +525,6 @@ def vae_file(comfy, tmp_path_factory):
     return _random_vae(comfy, tmp_path_factory.mktemp("vae") / "hunyuan_video_vae_bf16.safetensors")
 
 
-def test_reference_and_white_latents_follow_the_recipe(comfy, vae_file):
-    import comfy.sd
-    import comfy.utils
-
-    from hunyuancustom.local import reference
-
-    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(vae_file)))
-    image = torch.rand(1, 40, 24, 3, generator=torch.Generator().manual_seed(0))
-    ref, white = local.encode_reference(vae, image, 64, 48)
-    assert ref.shape == white.shape == (1, 16, 1, 6, 8)
-    assert torch.isfinite(ref).all() and torch.isfinite(white).all()
-    # the reference is the white-padded frame of the video's size; the negative is a white frame
-    assert torch.allclose(ref, vae.encode(reference.vae_reference(image, 64, 48)))
-    assert torch.allclose(white, vae.encode(torch.ones(1, 48, 64, 3)))
-    assert not torch.allclose(ref, white)
-
-
 @pytest.fixture(scope="module")
 def server(comfy, vae_file, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_local")
@@ -263,7 +541,7 @@ def server(comfy, vae_file, tmp_path_factory):
     for name in ("text_encoders/clip_l.safetensors", "text_encoders/llava_llama3_fp8_scaled.safetensors",
                  "clip_vision/llava_llama3_vision.safetensors"):
         (models / name).touch()
-    srv = ComfyServer(base)
+    srv = ComfyServer(base, extra_args=["--preview-method", "latent2rgb"])
     pack = srv.custom_nodes_dir / "hc_local_test_nodes"
     pack.mkdir()
     (pack / "__init__.py").write_text(TEST_PACK)
@@ -280,10 +558,10 @@ def server(comfy, vae_file, tmp_path_factory):
         srv.stop()
 
 
-def _graph(ckpt="hunyuancustom_720P/mp_rank_00_model_states_fp8.pt", frames=5, seed=3, steps=2):
-    return {
+def _graph(ckpt="hunyuancustom_720P/mp_rank_00_model_states_fp8.pt", frames=5, seed=3, steps=2, savers=True):
+    graph = {
         "1": {"class_type": "HunyuanCustomLocalModelLoader",
-              "inputs": {"ckpt_name": ckpt, "fp8": "keep", "weight_dtype": "default"}},
+              "inputs": {"ckpt_name": ckpt, "fp8": "keep", "weight_dtype": "default", "deepcache": True}},
         "2": {"class_type": "VAELoader", "inputs": {"vae_name": "hunyuan_video_vae_bf16.safetensors"}},
         "3": {"class_type": "LoadImage", "inputs": {"image": "hunyuancustom_reference.png"}},
         "4": {"class_type": "HCTestConditioning", "inputs": {"seed": 1, "width": TEXT_DIM, "length": 6}},
@@ -292,11 +570,14 @@ def _graph(ckpt="hunyuancustom_720P/mp_rank_00_model_states_fp8.pt", frames=5, s
             "model": ["1", 0], "vae": ["2", 0], "image": ["3", 0], "positive": ["4", 0],
             "negative": ["5", 0], "prompt": "A man waves.", "negative_prompt": "",
             "size": "1280*720", "width": 64, "height": 64, "guidance_scale": 7.5, "flow_shift": 13.0,
-            "seed": seed, "steps": steps, "num_frames": frames, "frame_rate": 25.0}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 1], "filename_prefix": "local"}},
-        "8": {"class_type": "SaveVideo", "inputs": {"video": ["6", 0], "filename_prefix": "local",
-                                                    "format": "auto", "codec": "auto"}},
+            "seed": seed, "steps": steps, "num_frames": frames, "frame_rate": 25.0,
+            "sampler_name": "euler", "scheduler": "simple"}},
     }
+    if savers:
+        graph["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 1], "filename_prefix": "local"}}
+        graph["8"] = {"class_type": "SaveVideo", "inputs": {"video": ["6", 0], "filename_prefix": "local",
+                                                           "format": "auto", "codec": "auto"}}
+    return graph
 
 
 def test_local_node_runs_and_returns_frames(server):
@@ -356,8 +637,12 @@ def test_shared_widgets_equal_the_cloud_node(server):
     info = server.object_info()
     local_in = info["HunyuanCustomLocalRef2V"]["input"]["required"]
     cloud_in = info["HunyuanCustomCloudRef2V720p"]["input"]["required"]
-    for name in ("prompt", "guidance_scale", "flow_shift", "seed"):
+    for name in ("prompt", "guidance_scale", "seed"):
         assert local_in[name] == cloud_in[name], name
+    # flow shift: the same widget; the local tooltip says more (it wins over ModelSamplingSD3)
+    local_shift, cloud_shift = dict(local_in["flow_shift"][1]), dict(cloud_in["flow_shift"][1])
+    assert local_shift.pop("tooltip").startswith(cloud_shift.pop("tooltip"))
+    assert local_in["flow_shift"][0] == cloud_in["flow_shift"][0] and local_shift == cloud_shift
     # negative prompt: same widget, the model's official negative prompt as the local default
     assert {k: v for k, v in local_in["negative_prompt"][1].items() if k != "default"} == \
         {k: v for k, v in cloud_in["negative_prompt"][1].items() if k != "default"}
@@ -368,8 +653,9 @@ def test_shared_widgets_equal_the_cloud_node(server):
     assert local_in["frame_rate"][1]["default"] == 25.0
     # and the same outputs, by type and by name, as far as the cloud node's go
     local_out, cloud_out = info["HunyuanCustomLocalRef2V"], info["HunyuanCustomCloudRef2V720p"]
-    assert local_out["output"] == cloud_out["output"][:3]
-    assert local_out["output_name"] == cloud_out["output_name"][:3] == ["video", "frames", "fps"]
+    assert local_out["output"][:3] == cloud_out["output"][:3]
+    assert local_out["output_name"][:3] == cloud_out["output_name"][:3] == ["video", "frames", "fps"]
+    assert local_out["output"][3] == "LATENT" and local_out["output_node"] is True
 
 
 def test_bf16_file_stored_in_fp8_by_core(comfy, files):
@@ -405,22 +691,22 @@ def test_weight_patches_on_scaled_fp8_use_the_scales(comfy, files):
     assert (kept_patched - deq_patched).norm() / deq_patched.norm() < 0.05
 
 
-def test_progress_per_step_and_cancel_between_steps(server):
-    """Over the websocket, as the front end sees it: one progress message per sampling step, and
-    Cancel pressed mid-sampling stops the run before the last step."""
+def _watch(server, graph, on_progress=None, timeout=600):
+    """Queue `graph` and read the websocket as the front end does, until the prompt ends. Returns
+    (final event, [(value, max) of node 6's progress messages], [binary preview payloads])."""
     import asyncio
 
     import aiohttp
 
-    steps = 200  # the widget maximum
-
     async def run():
-        interrupted = False
-        seen: list[tuple[int, int]] = []
+        progress, previews = [], []
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(f"{server.url}/ws?clientId={server.client_id}") as ws:
-                prompt_id = await asyncio.to_thread(server.queue, _graph(seed=99, steps=steps))
+                prompt_id = await asyncio.to_thread(server.queue, graph)
                 async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        previews.append(msg.data)
+                        continue
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         continue
                     m = json.loads(msg.data)
@@ -428,14 +714,64 @@ def test_progress_per_step_and_cancel_between_steps(server):
                     if data.get("prompt_id") != prompt_id:
                         continue
                     if m["type"] == "progress" and data.get("node") == "6":
-                        seen.append((data["value"], data["max"]))
-                        if data["value"] >= 3 and not interrupted:
-                            interrupted = True
-                            await asyncio.to_thread(server.interrupt, prompt_id)
+                        progress.append((data["value"], data["max"]))
+                        if on_progress is not None:
+                            await asyncio.to_thread(on_progress, prompt_id, data["value"])
                     if m["type"] in ("execution_interrupted", "execution_error", "execution_success"):
-                        return m["type"], seen
+                        return m["type"], progress, previews
 
-    kind, seen = asyncio.run(asyncio.wait_for(run(), 600))
-    assert kind == "execution_interrupted", (kind, seen[-3:])
-    assert seen[:3] == [(1, steps), (2, steps), (3, steps)]
-    assert max(v for v, _ in seen) < steps
+    return asyncio.run(asyncio.wait_for(run(), timeout))
+
+
+PREVIEW_EVENTS = (1, 4)  # core's BinaryEventTypes.PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA
+
+
+def test_progress_and_latent_previews_arrive_each_step(server):
+    """The one-node path over the websocket (server started with --preview-method latent2rgb): one
+    progress message and one latent preview image per sampling step."""
+    import struct
+
+    from PIL import Image
+
+    steps = 6
+    kind, progress, previews = _watch(server, _graph(seed=21, steps=steps, savers=False))
+    assert kind == "execution_success"
+    assert progress == [(i, steps) for i in range(1, steps + 1)]
+    events = [struct.unpack(">I", p[:4])[0] for p in previews]
+    images = [p for p, e in zip(previews, events, strict=True) if e in PREVIEW_EVENTS]
+    assert len(images) >= steps, events
+    if events[0] == 1:  # event type, image type, then the encoded image
+        assert min(Image.open(io.BytesIO(images[0][8:])).size) > 0
+
+
+def test_cancel_stops_the_one_node_path_within_a_step(server):
+    """Cancel pressed while step 4 of 200 is running: that step is the last, the run ends
+    interrupted, nothing after it runs (the test model holds step 4 until the interrupt flag is
+    set, so this does not depend on timing)."""
+    steps, hold = 200, 3
+    graph = _graph(seed=99, steps=steps, savers=False)
+    graph["9"] = {"class_type": "HCTestHoldAtStep", "inputs": {"model": ["1", 0], "step": hold}}
+    graph["6"]["inputs"]["model"] = ["9", 0]
+    pressed = []
+
+    def on_progress(prompt_id, value):
+        if value == hold and not pressed:
+            pressed.append(value)
+            server.interrupt(prompt_id)
+
+    kind, progress, _ = _watch(server, graph, on_progress, timeout=300)
+    assert pressed == [hold]
+    assert kind == "execution_interrupted", (kind, progress[-3:])
+    # steps 1..hold reported; the step running when Cancel came was the last one
+    assert progress == [(i, steps) for i in range(1, hold + 1)]
+
+
+def test_ref2v_alone_is_an_output_node(server):
+    """A graph whose only output is Ref2V (Local) (no Save node) is accepted and runs; its own
+    video preview is the result."""
+    graph = _graph(seed=5, savers=False)
+    assert not {n["class_type"] for n in graph.values()} & {"SaveImage", "SaveVideo", "PreviewImage"}
+    entry = server.wait(server.queue(graph), timeout=900)
+    own = entry["outputs"]["6"]["images"][0]
+    assert own["filename"].endswith(".mp4")
+    assert server.view(own["filename"], own["subfolder"], own["type"])[4:8] == b"ftyp"

@@ -6,7 +6,9 @@ loopback API) -> SaveVideo; the image that reaches the provider is the composed 
 Audio-driven and video-driven: core's own loaders, sampler, VAE decode and Create Video around the
 mode nodes, on tiny random-weight models built here (a 12-double-block HunyuanVideo of width 128
 with the audio / editing modules in the released key layout, core's HunyuanVideo VAE, a CLIP-L text
-encoder, a tiny whisper); the saved MP4 is read back: frame count, fps, audio in sync.
+encoder, a tiny whisper); the saved MP4 is read back: frame count, fps, audio in sync. Through the
+pack's own path too: Load Model (Local) -> mode node -> Conditioning (Local) (the mode's LATENT) ->
+KSampler, and -> Ref2V (Local) with the mode's LATENT; KSampler given another LATENT is refused.
 The mode example workflows load with no missing nodes or widgets.
 """
 
@@ -279,7 +281,7 @@ def video_graph(mask=MASK):
         "5": {"class_type": "LoadImageMask", "inputs": {"image": mask, "channel": "red"}},
         "4": {"class_type": "HunyuanCustomVideoDriven", "inputs": {
             "model": ["1", 0], "mode_modules": ["2", 0], "vae": ["23", 0], "mask": ["5", 0], "expand": 5,
-            "max_frames": 0, "steps": 50, "flow_shift": 5.0, "video": ["3", 0]}},
+            "max_frames": 0, "flow_shift": 5.0, "video": ["3", 0]}},
         **conditioning_nodes(64, 48, 9),
         **sampling_nodes("4", 5.0, "video/hc_edit"),
     }
@@ -294,18 +296,18 @@ def test_mode_nodes_schema(comfy):
     assert not comfy.pack_import_failed(), comfy.log_tail()
     info = comfy.object_info()
     audio = info["HunyuanCustomAudioDriven"]
-    assert audio["output"] == ["MODEL", "LATENT", "AUDIO", "FLOAT", "INT"]
+    assert audio["output"] == ["MODEL", "LATENT", "AUDIO", "FLOAT"]
+    assert audio["output_name"] == ["model", "latent", "audio", "fps"]
     req = audio["input"]["required"]
     assert req["audio_strength"][1]["default"] == 0.8 and req["frames"][1]["default"] == 0
     assert "whisper-tiny" in (req["whisper_model"][1].get("options") or req["whisper_model"][0])
     video = info["HunyuanCustomVideoDriven"]
-    assert video["output"] == ["MODEL", "LATENT", "AUDIO", "FLOAT", "IMAGE", "INT", "INT", "INT", "INT",
-                               "FLOAT"]
-    assert video["output_name"][-2:] == ["steps", "flow_shift"]
+    assert video["output"] == ["MODEL", "LATENT", "AUDIO", "FLOAT", "IMAGE"]
+    assert video["output_name"] == ["model", "latent", "audio", "fps", "masked_frames"]
     req = video["input"]["required"]
     assert req["expand"][1]["default"] == 5
-    # The released editing recipe, not ref2v's 30 / 13: the sampler takes them from these outputs.
-    assert req["steps"][1]["default"] == 50 and req["flow_shift"][1]["default"] == 5.0
+    # The released editing shift, not ref2v's 13: it goes onto the MODEL (steps are KSampler's).
+    assert req["flow_shift"][1]["default"] == 5.0 and "steps" not in req
     assert set(video["input"]["optional"]) == {"mode_modules", "video", "frames", "fps", "audio"}
     assert set(audio["input"]["optional"]) == {"mode_modules"}  # or from the local loader's MODEL
     loader = info["HunyuanCustomLoadModeModules"]["input"]["required"]["ckpt_name"]
@@ -343,57 +345,103 @@ def test_bad_input_stops_before_sampling_with_a_clear_error(comfy, graph, node_t
     assert err and err["node_type"] == node_type and err["exception_message"].startswith(message)
 
 
-def local_chain(mode_inputs, mode_type, ckpt, width, height, prefix, shift, frames_slot, size_links):
-    """The example workflows' chain: Local loader -> mode node -> Ref2V (Local) -> Create Video (frames +
-    the mode's audio) -> Save Video. The prompts arrive as CLIP-L CONDITIONING (LLaVA is too big here)."""
+def local_chain(mode_inputs, mode_type, ckpt, width, height, prefix):
+    """Load Model (Local) -> mode node -> Conditioning (Local) (the mode's LATENT) -> KSampler ->
+    VAE Decode -> Create Video (the mode's audio and fps) -> Save Video. The prompts arrive as CLIP-L
+    CONDITIONING (LLaVA is too big here)."""
     cond = conditioning_nodes(width, height, 9)
-    ref2v = {"model": ["4", 0], "vae": ["23", 0], "image": ["24", 0], "prompt": "The person sings.",
-             "negative_prompt": "", "size": "1280*720", "guidance_scale": 7.5, "flow_shift": shift, "seed": 5,
-             "steps": 2, "num_frames": ["4", frames_slot], "frame_rate": ["4", 3], "positive": ["21", 0],
-             "negative": ["22", 0], "subject": "person", "width": width, "height": height, "image_index": -1}
-    ref2v.update(size_links)
     return {
         "1": {"class_type": "HunyuanCustomLocalModelLoader",
-              "inputs": {"ckpt_name": ckpt, "fp8": "keep", "weight_dtype": "default"}},
+              "inputs": {"ckpt_name": ckpt, "fp8": "keep", "weight_dtype": "default", "deepcache": True}},
         "4": {"class_type": mode_type, "inputs": {"model": ["1", 0], **mode_inputs}},
         **{k: cond[k] for k in ("20", "21", "22", "23", "24")},
-        "40": {"class_type": "HunyuanCustomLocalRef2V", "inputs": ref2v},
-        "41": {"class_type": "CreateVideo",
-               "inputs": {"images": ["40", 1], "fps": ["4", 3], "audio": ["4", 2]}},
-        "42": {"class_type": "SaveVideo", "inputs": {"video": ["41", 0], "filename_prefix": prefix,
+        "40": {"class_type": "HunyuanCustomConditioning", "inputs": {
+            "vae": ["23", 0], "image": ["24", 0], "prompt": "The person sings.", "negative_prompt": "",
+            "size": "1280*720", "length": 129, "batch_size": 1, "positive": ["21", 0], "negative": ["22", 0],
+            "subject": "person", "width": 0, "height": 0, "image_index": -1, "latent": ["4", 1]}},
+        "41": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": 5, "steps": 2, "cfg": 7.5, "sampler_name": "euler",
+            "scheduler": "simple", "positive": ["40", 0], "negative": ["40", 1], "latent_image": ["40", 2],
+            "denoise": 1.0}},
+        "42": {"class_type": "VAEDecode", "inputs": {"samples": ["41", 0], "vae": ["23", 0]}},
+        "43": {"class_type": "CreateVideo",
+               "inputs": {"images": ["42", 0], "fps": ["4", 3], "audio": ["4", 2]}},
+        "44": {"class_type": "SaveVideo", "inputs": {"video": ["43", 0], "filename_prefix": prefix,
                                                     "format": "auto", "codec": "auto"}},
     }
 
 
-def test_singing_avatar_through_local_loader_and_ref2v(comfy):
-    """As the example workflow: fp8 released layout, modules carried by the loader's MODEL."""
-    graph = local_chain({"audio": ["3", 0], "whisper_model": "whisper-tiny", "audio_strength": 0.8,
-                         "frames": 0, "width": 64, "height": 64},
-                        "HunyuanCustomAudioDriven", AUDIO_FP8, 64, 64, "video/hc_local_audio", 13.0, 4, {})
+AUDIO_MODE = {"audio": ["3", 0], "whisper_model": "whisper-tiny", "audio_strength": 0.8, "frames": 0,
+              "width": 64, "height": 64}
+EDIT_MODE = {"vae": ["23", 0], "mask": ["5", 0], "expand": 5, "max_frames": 0, "video": ["3", 0],
+             "flow_shift": 5.0}
+
+
+def audio_local_graph():
+    graph = local_chain(AUDIO_MODE, "HunyuanCustomAudioDriven", AUDIO_FP8, 64, 64, "video/hc_local_audio")
     graph["3"] = {"class_type": "LoadAudio", "inputs": {"audio": TONE}}
-    entry = comfy.wait(comfy.queue(graph), timeout=600)
-    path = saved_video(comfy, entry, "42")
+    return graph
+
+
+def test_singing_avatar_through_local_loader_conditioning_and_ksampler(comfy):
+    """As the example workflow: fp8 released layout, modules carried by the loader's MODEL."""
+    entry = comfy.wait(comfy.queue(audio_local_graph()), timeout=600)
+    path = saved_video(comfy, entry, "44")
     frames, fps = decode_frames(path)
     assert frames.shape == (9, 64, 64, 3) and abs(fps - 25) < 0.01
     d = stream_durations(path)
     assert abs(d["audio"] - d["video"]) < 1 / 25
 
 
-def test_subject_replacement_through_local_loader_and_ref2v(comfy):
-    graph = local_chain({"vae": ["23", 0], "mask": ["5", 0], "expand": 5, "max_frames": 0, "video": ["3", 0],
-                         "steps": 3, "flow_shift": 5.0},
-                        "HunyuanCustomVideoDriven", EDITING_PT, 64, 48, "video/hc_local_edit", 13.0, 7,
-                        {"width": ["4", 5], "height": ["4", 6], "steps": ["4", 8], "flow_shift": ["4", 9]})
+def test_singing_avatar_through_ref2v_local_with_the_modes_latent(comfy):
+    """The one-node path: Ref2V (Local) samples the mode's MODEL from the mode's LATENT."""
+    graph = audio_local_graph()
+    for k in ("40", "41", "42"):
+        del graph[k]
+    graph["40"] = {"class_type": "HunyuanCustomLocalRef2V", "inputs": {
+        "model": ["4", 0], "vae": ["23", 0], "image": ["24", 0], "prompt": "The person sings.",
+        "negative_prompt": "", "size": "1280*720", "guidance_scale": 7.5, "flow_shift": 13.0, "seed": 5,
+        "steps": 2, "num_frames": 129, "frame_rate": ["4", 3], "sampler_name": "euler", "scheduler": "simple",
+        "positive": ["21", 0], "negative": ["22", 0], "subject": "person", "width": 0, "height": 0,
+        "image_index": -1, "latent": ["4", 1], "denoise": 1.0}}
+    graph["43"]["inputs"]["images"] = ["40", 1]
+    entry = comfy.wait(comfy.queue(graph), timeout=600)
+    path = saved_video(comfy, entry, "44")
+    frames, fps = decode_frames(path)
+    assert frames.shape == (9, 64, 64, 3) and abs(fps - 25) < 0.01
+    d = stream_durations(path)
+    assert abs(d["audio"] - d["video"]) < 1 / 25
+    assert entry["outputs"]["40"]["hunyuancustom"][0]["frames"] == 9
+
+
+def test_subject_replacement_through_local_loader_conditioning_and_ksampler(comfy):
+    graph = local_chain(EDIT_MODE, "HunyuanCustomVideoDriven", EDITING_PT, 64, 48, "video/hc_local_edit")
     graph["3"] = {"class_type": "LoadVideo", "inputs": {"file": SOURCE}}
     graph["5"] = {"class_type": "LoadImageMask", "inputs": {"image": MASK, "channel": "red"}}
     entry = comfy.wait(comfy.queue(graph), timeout=600)
-    path = saved_video(comfy, entry, "42")
+    path = saved_video(comfy, entry, "44")
     frames, fps = decode_frames(path)
-    assert frames.shape == (9, 48, 64, 3) and abs(fps - 24) < 0.01
+    assert frames.shape == (9, 48, 64, 3) and abs(fps - 24) < 0.01  # the source's size and fps
     d = stream_durations(path)
     assert abs(d["audio"] - d["video"]) < 1 / 24
-    # The sampler ran with the mode node's recipe widgets, not its own (2 steps, shift 13 above).
-    assert entry["outputs"]["40"]["hunyuancustom"][0]["steps"] == 3
+
+
+@pytest.mark.parametrize(("width", "height", "length", "got"), [
+    (64, 48, 9, "3 latent frames of 64x48"),  # another size
+    (64, 64, 13, "4 latent frames of 64x64"),  # another length
+])
+def test_ksampler_with_another_latent_than_the_modes_is_refused(comfy, width, height, length, got):
+    """A mode prepared for one size and sampled at another would run, silently wrong: refused."""
+    graph = audio_local_graph()
+    graph["45"] = {"class_type": "EmptyHunyuanLatentVideo",
+                   "inputs": {"width": width, "height": height, "length": length, "batch_size": 1}}
+    graph["41"]["inputs"]["latent_image"] = ["45", 0]
+    entry = comfy.wait(comfy.queue(graph), raise_on_error=False, timeout=300)
+    err = execution_error(entry)
+    assert err and err["node_type"] == "KSampler", err
+    message = err["exception_message"]
+    assert message.startswith(f"latent: the sampler's latent is {got}"), message
+    assert "the mode was prepared for 3 (9 frames) of 64x64" in message
 
 
 def test_a_model_without_mode_modules_is_refused(comfy):

@@ -195,3 +195,27 @@ def test_a_model_of_another_width_is_refused(pack, model):
     pack.check_model(model, WIDTH, 12)  # the matching width passes; 12 blocks hold the audio layers
     with pytest.raises(Exception, match="has 12 double blocks; the mode needs 13"):
         pack.check_model(model, WIDTH, 13)
+
+
+@pytest.mark.parametrize("latent", [(3, 4, 8), (2, 4, 6), (3, 6, 6)])  # wider, shorter, taller
+def test_sampling_another_latent_than_prepared_is_refused(comfy, model, audio_mods, latent):
+    """A mode's tokens are found by position: sampled at another size or length it would run,
+    silently wrong. Core's sampler with another LATENT stops with the reason, before any step."""
+    from hunyuancustom.errors import ValidationError
+
+    patched = audio_injection(audio_mods).patch_model(model)
+    g = torch.Generator().manual_seed(2)
+    t, h, w = latent
+    positive = [[torch.randn(1, 7, CONTEXT, generator=g), {
+        "pooled_output": torch.randn(1, 768, generator=g),
+        "ref_latent": torch.randn(1, 16, 1, h, w, generator=g)}]]
+    negative = [[torch.randn(1, 7, CONTEXT, generator=g),
+                 {"pooled_output": torch.randn(1, 768, generator=g)}]]
+    empty = torch.zeros(1, 16, *latent)
+    steps = []
+    with pytest.raises(ValidationError) as e:
+        comfy["sample"].sample(patched, torch.randn(empty.shape, generator=g), 3, 7.5, "euler", "simple",
+                               positive, negative, empty, seed=7, callback=lambda *a: steps.append(a[0]))
+    assert e.value.field == "latent" and steps == []
+    assert f"the sampler's latent is {t} latent frames of {w * 8}x{h * 8}" in str(e.value)
+    assert "the mode was prepared for 3 (9 frames) of 48x32" in str(e.value)

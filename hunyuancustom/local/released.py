@@ -25,6 +25,8 @@ guidance patch a user puts on the MODEL keeps working:
 
 from __future__ import annotations
 
+import uuid
+
 import torch
 
 from .schedule import flow_sigmas
@@ -85,13 +87,26 @@ def _sample_options(options: dict, i: int, batch: int) -> dict:
     for name in ("cond_or_uncond", "uuids"):
         chunks = options.get(name)
         if chunks and batch % len(chunks) == 0:
-            out[name] = [chunks[i // (batch // len(chunks))]]
+            per = batch // len(chunks)
+            value = chunks[i // per]
+            if name == "uuids" and i % per:
+                # several videos of one branch (batch_size > 1): each its own id, as step caches
+                # keep their state per uuid (EasyCache would give video 0 the cache of video 1)
+                value = _sample_uuid(value, i % per)
+            out[name] = [value]
     sigmas = options.get("sigmas")
     if isinstance(sigmas, torch.Tensor) and sigmas.dim() and sigmas.shape[0] == batch:
         out["sigmas"] = sigmas[i:i + 1]
     chunks = len(options.get("cond_or_uncond") or [None])
     out[SAMPLE] = i % (batch // chunks) if batch % chunks == 0 else i  # which video of the batch
     return out
+
+
+def _sample_uuid(branch_uuid, index: int):
+    """A stable id for video `index` (> 0) of a branch; video 0 keeps the branch's own."""
+    if isinstance(branch_uuid, uuid.UUID):
+        return uuid.uuid5(branch_uuid, f"{KEY}.sample.{index}")
+    return (branch_uuid, index)
 
 
 def _take(value, i: int, batch: int):
