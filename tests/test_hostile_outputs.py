@@ -1,0 +1,78 @@
+"""Hostile outputs: cut downloads with no Content-Length, decode bombs, odd output URLs.
+
+Real loopback server, real MP4 files made with imageio/ffmpeg, real SQLite journal.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import imageio_ffmpeg
+import pytest
+
+from conftest import TEST_KEY
+from hunyuancustom.config import ApiKey, Settings
+from hunyuancustom.journal import Journal
+from hunyuancustom.params import REF2V_720P
+from hunyuancustom.ref2v import run_ref2v
+from hunyuancustom.testing.fake_api import Scenario
+from hunyuancustom.testing.media import make_test_video
+from hunyuancustom.video import probe
+
+FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
+
+
+@pytest.fixture
+def journal(isolated_config):
+    with Journal.open_default() as j:
+        yield j
+
+
+def run(api, image, dest, opts, journal, params=FIXED, settings=None, decode=False):
+    settings = settings or Settings(api_base=api.base_url, timeout_s=60.0)
+    return run_ref2v(REF2V_720P, image, params, dest, settings=settings,
+                     api_key=ApiKey(TEST_KEY, "test"), options=opts, journal=journal,
+                     decode=decode)
+
+
+def faststart_video(tmp_path, frames=120):
+    """A real MP4 with its index in front: cut in its media data, it still probes and decodes."""
+    plain = make_test_video(tmp_path / "plain.mp4", frames=frames, width=320, height=240)
+    out = tmp_path / "faststart.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-i", str(plain),
+                    "-c", "copy", "-movflags", "+faststart", str(out)], check=True)
+    return out
+
+
+# --- item 7: a download cut with no Content-Length is not the paid result ----------------------
+
+
+def test_half_of_a_faststart_mp4_would_decode(tmp_path):
+    # The premise: byte counts and probing alone cannot tell this truncation.
+    video = faststart_video(tmp_path)
+    half = tmp_path / "half.mp4"
+    half.write_bytes(video.read_bytes()[: video.stat().st_size // 2])
+    assert 0 < probe(half).frames < probe(video).frames
+
+
+def test_cut_download_without_length_is_refetched_not_kept(api, image, tmp_path, fast, journal):
+    video = faststart_video(tmp_path)
+    api.set_scenario(Scenario(video_path=video, output_cut_no_length_first_n=10))
+    dest = tmp_path / "out" / "a.mp4"
+    with pytest.raises(Exception, match="cut short"):
+        run(api, image, dest, fast, journal)
+    assert not dest.exists() and not list(dest.parent.glob("*.part"))
+    row = journal.get(api.task_ids()[0])
+    assert row.status == "completed"  # paid, not saved: the next run fetches it again
+    api.set_scenario(Scenario(video_path=video))
+    result = run(api, image, dest, fast, journal)
+    assert api.stats()["submits"] == 1 and result.extra["source"] == "resumed"
+    assert probe(dest).frames == probe(video).frames
+
+
+def test_one_cut_download_is_retried_within_the_run(api, image, tmp_path, fast, journal):
+    video = faststart_video(tmp_path)
+    api.set_scenario(Scenario(video_path=video, output_cut_no_length_first_n=1))
+    dest = tmp_path / "a.mp4"
+    run(api, image, dest, fast, journal)
+    assert api.stats()["downloads"] == 2 and probe(dest).frames == probe(video).frames
