@@ -137,7 +137,8 @@ def run_ref2v(
     # A saved result needs neither the key nor the network.
     if not force_new and seed != -1:
         row = journal.peek_cached(fp)
-        cached = _from_cache(journal, row, dest, decode, cache_copy, reporter) if row else None
+        cached = _from_cache(journal, row, dest, decode, cache_copy, reporter,
+                              settings.max_decoded_bytes) if row else None
         if cached is not None:
             return cached
     api_key = api_key or load_api_key()
@@ -145,7 +146,8 @@ def run_ref2v(
     while True:
         decision = _decide(journal, fp, model, request, image_ref, seed, force_new, batch, reporter)
         if decision.kind == "cached":
-            cached = _from_cache(journal, decision.row, dest, decode, cache_copy, reporter)
+            cached = _from_cache(journal, decision.row, dest, decode, cache_copy, reporter,
+                                 settings.max_decoded_bytes)
             if cached is not None:
                 return cached
             continue  # the saved file was damaged: its task is fetched again, decide anew
@@ -291,7 +293,8 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
     frames = None
     if decode:
         reporter.status("Decoding frames")
-        frames, _ = decode_frames(dest, info)
+        frames, _ = decode_frames(dest, info, source=f"{url} (saved as {dest})",
+                                  max_bytes=settings.max_decoded_bytes)
     reporter.progress(1.0)
     done = f"Done · {pred.inference_ms / 1000:.1f} s inference" if pred.inference_ms else "Done"
     reporter.status(("NSFW flagged · " if pred.nsfw else "") + done + f" · task {pred.id}")
@@ -375,7 +378,7 @@ def _upload(client: WaveSpeedClient, image: ImageInput, settings: Settings, job:
 
 
 def _from_cache(journal: Journal, row: JobRow, dest: Path, decode: bool, cache_copy: bool,
-                reporter: Reporter) -> Ref2VResult | None:
+                reporter: Reporter, max_decoded_bytes: int) -> Ref2VResult | None:
     """The saved video of an earlier identical job: no request, not even for the key. None when
     that file no longer decodes: the row then says its task's video must be fetched again."""
     path = Path(row.output_path)
@@ -396,7 +399,8 @@ def _from_cache(journal: Journal, row: JobRow, dest: Path, decode: bool, cache_c
     frames = None
     if decode:
         reporter.status("Decoding frames")
-        frames, _ = decode_frames(path, vinfo)
+        frames, _ = decode_frames(path, vinfo, source=f"{row.output_url or path} (saved as {path})",
+                                  max_bytes=max_decoded_bytes)
     reporter.progress(1.0)
     reporter.status(f"Cached · saved result of task {row.task_id} (nothing submitted)")
     return Ref2VResult(video_path=path, fps=vinfo.fps, url=row.output_url or "", prediction=pred,

@@ -17,7 +17,7 @@ from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import run_ref2v
 from hunyuancustom.testing.fake_api import Scenario
 from hunyuancustom.testing.media import make_test_video
-from hunyuancustom.video import probe
+from hunyuancustom.video import VideoInfo, available_memory, decode_frames, probe
 
 FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
 
@@ -76,3 +76,42 @@ def test_one_cut_download_is_retried_within_the_run(api, image, tmp_path, fast, 
     dest = tmp_path / "a.mp4"
     run(api, image, dest, fast, journal)
     assert api.stats()["downloads"] == 2 and probe(dest).frames == probe(video).frames
+
+
+# --- item 6: a decode bomb is refused before allocating, and the refusal is not paid twice ------
+
+
+def test_decode_bomb_is_refused_before_allocating_and_replayed_clearly(api, image, tmp_path, fast,
+                                                                       journal):
+    video = make_test_video(tmp_path / "long.mp4", frames=40, width=320, height=240)
+    claimed = 40 * 240 * 320 * 3 * 4
+    settings = Settings(api_base=api.base_url, timeout_s=60.0, max_decoded_bytes=claimed // 2)
+    api.set_scenario(Scenario(video_path=video))
+    dest = tmp_path / "out" / "a.mp4"
+    with pytest.raises(Exception) as first:
+        run(api, image, dest, fast, journal, settings=settings, decode=True)
+    msg = str(first.value)
+    assert "40 frames of 320x240" in msg and "max_decoded_bytes" in msg
+    assert api.origin in msg and str(dest) in msg  # names the URL and the saved file
+    # The paid video is kept and recorded; a rerun gives the same message with no request at all.
+    assert dest.exists() and journal.get(api.task_ids()[0]).status == "downloaded"
+    before = dict(api.stats())
+    with pytest.raises(Exception, match="40 frames of 320x240"):
+        run(api, image, dest, fast, journal, settings=settings, decode=True)
+    assert api.stats()["submits"] == before["submits"] == 1
+    assert api.stats()["downloads"] == before["downloads"]
+    # With room for it, the same cached video decodes.
+    ok = run(api, image, dest, fast, journal, decode=True)
+    assert tuple(ok.frames.shape) == (40, 240, 320, 3) and ok.extra["source"] == "cache"
+
+
+def test_decoded_size_is_checked_against_free_memory(tmp_path):
+    free = available_memory()
+    assert free and free > 0
+    video = make_test_video(tmp_path / "v.mp4", frames=3)
+    bomb = probe(video)
+    # The same real file, described as it would be by a container claiming more than the memory.
+    claim = VideoInfo(frames=free // (bomb.width * bomb.height * 12) + 1, fps=bomb.fps,
+                      width=bomb.width, height=bomb.height)
+    with pytest.raises(Exception, match="memory available now"):
+        decode_frames(video, claim, source="https://cdn.example.test/x.mp4", max_bytes=1 << 62)
