@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -276,6 +277,14 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
                          finished_at=time.time())
             raise err
         url = pred.outputs[0]
+        bad_url = _unusable_output_url(url)
+        if bad_url:  # finished and unusable: recorded as failed, so no rerun polls it forever
+            err = ApiError(f"The task's output URL {url[:200]!r} {bad_url}; allowed: an http(s) "
+                           "URL.", task_id=pred.id)
+            if job is not None:
+                job.note(release=True, status=FAILED, error=str(err), info=pred.info(),
+                         finished_at=time.time())
+            raise err
         if job is not None:
             job.note(status="completed", output_url=url, inference_ms=pred.inference_ms,
                      info=pred.info(), finished_at=time.time())
@@ -405,6 +414,20 @@ def _from_cache(journal: Journal, row: JobRow, dest: Path, decode: bool, cache_c
     reporter.status(f"Cached · saved result of task {row.task_id} (nothing submitted)")
     return Ref2VResult(video_path=path, fps=vinfo.fps, url=row.output_url or "", prediction=pred,
                        frames=frames, extra={"source": "cache", "journal_id": row.id})
+
+
+def _unusable_output_url(url: str) -> str | None:
+    """Why an output URL is not a plain web address (file://, ftp://, malformed), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return "is malformed"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"uses the scheme {parts.scheme or '(none)'!r}"
+    if not parts.hostname:
+        return "has no host"
+    return None
 
 
 def copy_atomic(src: Path, dest: Path) -> None:

@@ -115,3 +115,29 @@ def test_decoded_size_is_checked_against_free_memory(tmp_path):
                       width=bomb.width, height=bomb.height)
     with pytest.raises(Exception, match="memory available now"):
         decode_frames(video, claim, source="https://cdn.example.test/x.mp4", max_bytes=1 << 62)
+
+
+# --- item 10: hostile answers give messages, never tracebacks or a poisoned journal -------------
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -5])
+def test_non_finite_inference_time_is_dropped_not_a_traceback(api, image, tmp_path, fast, journal,
+                                                              value):
+    api.set_scenario(Scenario(inference_value=value))
+    result = run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert result.prediction.inference_ms is None and probe(result.video_path).frames > 0
+    assert journal.get(api.task_ids()[0]).status == "downloaded"
+
+
+@pytest.mark.parametrize("url, why", [("file:///etc/passwd", "scheme 'file'"),
+                                      ("ftp://cdn.example.test/a.mp4", "scheme 'ftp'"),
+                                      ("http://host:99999999/a.mp4", "malformed"),
+                                      ("https:///a.mp4", "no host")])
+def test_unusable_output_url_fails_the_job_clearly_once(api, image, tmp_path, fast, journal, url,
+                                                        why):
+    api.set_scenario(Scenario(output_url=url))
+    with pytest.raises(Exception, match=why) as e:
+        run(api, image, tmp_path / "a.mp4", fast, journal)
+    assert "allowed: an http(s) URL" in str(e.value) and type(e.value).__name__ == "ApiError"
+    assert journal.get(api.task_ids()[0]).status == "failed"  # not polled again on every rerun
+    assert api.stats()["downloads"] == 0 and not (tmp_path / "a.mp4").exists()

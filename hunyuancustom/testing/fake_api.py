@@ -107,6 +107,10 @@ class Scenario:
     # Hostile: the first N output downloads are sent with no Content-Length, cut after half the
     # file, and the connection closed cleanly, so the client sees an ordinary end of body.
     output_cut_no_length_first_n: int = 0
+    # Hostile: completed tasks report this as their output URL (file://, ftp://, malformed) and
+    # this as timings.inference (e.g. float("nan"), float("inf")).
+    output_url: str | None = None
+    inference_value: Any = None
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Scenario:
@@ -394,6 +398,10 @@ class FakeWaveSpeed:
             if not (plan.nsfw and plan.nsfw_blocks_output):
                 outputs = [f"{self.origin}/files/{task.id}.mp4"]
             inference_ms = max(1, int(((task.finished or time.monotonic()) - task.submitted) * 1000))
+        if outputs and plan.output_url is not None:  # hostile scenario: output_url
+            outputs = [plan.output_url]
+        if status == "completed" and plan.inference_value is not None:  # ... and inference_value
+            inference_ms = plan.inference_value
         return {
             "id": task.id,
             "model": task.model,
