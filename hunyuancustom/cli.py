@@ -196,6 +196,9 @@ def read_jobs_file(path: Path, output_dir: Path, default_model: str) -> list:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ValidationError("jobs_file", f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ValidationError("jobs_file", f"{path} is not UTF-8 text (byte {e.start}); allowed: "
+                                           "JSON lines saved as UTF-8") from None
     jobs, outputs = [], set()
     known = {p.name for p in REF2V_720P.params} | set(_LINE_ONLY)
     for number, line in enumerate(text.splitlines(), 1):

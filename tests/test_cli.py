@@ -348,3 +348,16 @@ def test_batch_output_in_a_subfolder_of_the_output_folder_is_allowed(api, ref, t
     proc = cli("batch", jobs, "-o", tmp_path / "out", "--api-base", api.base_url)
     assert proc.returncode == 0, proc.stderr
     assert probe(tmp_path / "out" / "sub" / "deeper" / "ok.mp4").frames > 0
+
+
+def test_non_utf8_jobs_file_and_lone_surrogate_prompt_are_clear_errors(api, ref, tmp_path):
+    bad = tmp_path / "jobs.jsonl"
+    bad.write_bytes(b'{"image": "ref.png", "prompt": "caf\xe9"}\n')
+    proc = cli("batch", bad, "--api-base", api.base_url)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "jobs_file" in proc.stderr and "not UTF-8" in proc.stderr
+    lone = write_jobs(tmp_path / "lone.jsonl", ['{"image": "ref.png", "prompt": "a \\ud800 b"}'])
+    proc = cli("batch", lone, "--api-base", api.base_url)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "prompt" in proc.stderr and "unpaired surrogate" in proc.stderr and "line 1" in proc.stderr
+    assert api.requests == []
