@@ -17,15 +17,32 @@ from typing import Iterator
 from .errors import ValidationError
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux), else by the
+    set-and-restore dance (only racy against other threads creating files at that instant)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends normally the file written there
     is fsynced and renamed to `path`, otherwise it is deleted. `suffix` keeps an extension that a
     writer needs (ffmpeg, PyAV pick the container from it); `mode` sets permissions before any byte
-    is written (the key file is 0600 from its first moment)."""
+    is written (the key file is 0600 from its first moment); by default 0666 less the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    if mode is None:  # mkstemp makes 0600; a video is an ordinary output, as open() would make it
+        mode = 0o666 & ~_umask()
     try:
         if mode is not None:
             if hasattr(os, "fchmod"):

@@ -196,6 +196,9 @@ def read_jobs_file(path: Path, output_dir: Path, default_model: str) -> list:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ValidationError("jobs_file", f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ValidationError("jobs_file", f"{path} is not UTF-8 text (byte {e.start}); allowed: "
+                                           "JSON lines saved as UTF-8") from None
     jobs, outputs = [], set()
     known = {p.name for p in REF2V_720P.params} | set(_LINE_ONLY)
     for number, line in enumerate(text.splitlines(), 1):
@@ -223,7 +226,7 @@ def read_jobs_file(path: Path, output_dir: Path, default_model: str) -> list:
         out = obj.get("output") or f"{len(jobs) + 1:03d}.mp4"
         if not isinstance(out, str) or not out.lower().endswith(".mp4"):
             raise ValidationError("output", f"must be a path ending in .mp4 ({where})")
-        dest = (output_dir / out).resolve()
+        dest = _batch_output(output_dir, out, where)
         if dest in outputs:
             raise ValidationError("output", f"{out} is used by two jobs ({where})")
         outputs.add(dest)
@@ -232,6 +235,22 @@ def read_jobs_file(path: Path, output_dir: Path, default_model: str) -> list:
     if not jobs:
         raise ValidationError("jobs_file", f"{path} holds no jobs (one JSON object per line)")
     return jobs
+
+
+def _batch_output(output_dir: Path, out: str, where: str) -> Path:
+    """A line's `output` inside the output folder: a jobs file (maybe someone else's) must not
+    write over files elsewhere, through `..`, an absolute path or a symlinked folder."""
+    allowed = "allowed: a relative .mp4 path inside the output folder"
+    rel = Path(out)
+    if rel.is_absolute() or rel.drive or ".." in rel.parts or "\x00" in out:
+        raise ValidationError("output", f"{out!r} leaves the output folder {output_dir} ({where}); "
+                                        f"{allowed}")
+    base = output_dir.resolve()
+    dest = (base / rel).resolve()
+    if not dest.is_relative_to(base) or dest == base:
+        raise ValidationError("output", f"{out!r} resolves to {dest}, outside the output folder "
+                                        f"{base} ({where}); {allowed}")
+    return dest
 
 
 def cmd_batch(args: argparse.Namespace, reporter: StderrReporter) -> int:

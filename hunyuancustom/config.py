@@ -139,6 +139,9 @@ class Settings:
     max_download_bytes: int = 4 * 1024**3
     upload_max_age_s: float = 24 * 3600.0  # used by the upload cache (journal)
     concurrency: int = 2  # batch jobs in flight; the provider's lowest account level allows 2
+    # Cap on the decoded frames tensor (float32): 4x the largest output the API makes (129
+    # frames of 1280x720 = 1.33 GiB), so a file claiming thousands of frames is refused up front.
+    max_decoded_bytes: int = 4 * 129 * 1280 * 720 * 3 * 4
 
 
 def load_settings() -> Settings:

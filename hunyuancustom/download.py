@@ -14,6 +14,7 @@ import requests
 
 from .atomic import replacing
 from .errors import DownloadError, OutputExpiredError
+from .mp4check import mp4_incomplete
 from .progress import NullReporter, Reporter, run_cancellable, sleep
 from .video import VideoInfo, probe
 
@@ -110,7 +111,16 @@ def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: threading
                         reporter.progress(0.9 + 0.1 * got / expected)
             if expected is not None and got != expected:
                 raise _Truncated(f"got {got} of {expected} bytes")
-            return probe(tmp)
+            # With no Content-Length a cut connection ends the body like a finished one: the
+            # file's own structure must say it is whole before it counts as the paid result.
+            broken = mp4_incomplete(tmp)
+            if broken:
+                raise _Truncated(f"the downloaded MP4 {broken}")
+            try:
+                return probe(tmp)
+            except DownloadError as e:  # name the URL and task, not the hidden temporary file
+                raise DownloadError(f"{str(e).replace(Path(tmp).name, 'the download')} "
+                                    f"(from {url})", task_id=task_id) from None
 
 
 class _NoAuth(requests.auth.AuthBase):

@@ -345,7 +345,9 @@ class Journal:
         elif "not a database" in low or "malformed" in low or "corrupt" in low:
             why = (f"the file is damaged ({text}). Move it aside (e.g. rename it to "
                    f"{self.path.name}.bad) and run again; saved videos are not affected, only "
-                   "the record of earlier jobs")
+                   "the record of earlier jobs. Warning: tasks that were pending or uncertain in "
+                   "it are then forgotten, and running the same requests again submits (and "
+                   "pays for) them again; check your provider dashboard for them first")
         elif "readonly" in low or "unable to open" in low or "disk i/o" in low:
             why = f"it cannot be written ({text}). Check the folder's permissions and free space"
         else:

@@ -136,6 +136,11 @@ def check_value(param: Param, value: Any) -> Any:
     if param.kind is str:
         if not isinstance(value, str):
             raise ValidationError(name, f"must be a string, got {type(value).__name__}")
+        try:  # a lone surrogate (from a terminal or a JSON escape) cannot be sent as UTF-8 JSON
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValidationError(name, f"contains an unpaired surrogate {value[e.start]!r} at "
+                                        f"character {e.start}; allowed: valid Unicode text") from None
         if param.required and not value.strip():
             raise ValidationError(name, f"must not be empty ({param.allowed()})")
         if param.choices is not None and value not in param.choices:

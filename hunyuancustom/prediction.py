@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,10 @@ def parse_prediction(payload: Any) -> Prediction:
     timings = data.get("timings") or {}
     _expect(isinstance(timings, dict), f"'data.timings' is not an object (task {task_id})")
     inference = timings.get("inference")
-    if isinstance(inference, bool) or not isinstance(inference, (int, float)):
+    # Only shown to the user: a value that is no time (NaN, Infinity, negative) is dropped
+    # rather than failing every poll and every resume of a finished, paid task.
+    if isinstance(inference, bool) or not isinstance(inference, (int, float)) \
+            or not math.isfinite(inference) or inference < 0:
         inference = None
     error = data.get("error") or ""
     return Prediction(

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -137,7 +138,8 @@ def run_ref2v(
     # A saved result needs neither the key nor the network.
     if not force_new and seed != -1:
         row = journal.peek_cached(fp)
-        cached = _from_cache(journal, row, dest, decode, cache_copy, reporter) if row else None
+        cached = _from_cache(journal, row, dest, decode, cache_copy, reporter,
+                              settings.max_decoded_bytes) if row else None
         if cached is not None:
             return cached
     api_key = api_key or load_api_key()
@@ -145,7 +147,8 @@ def run_ref2v(
     while True:
         decision = _decide(journal, fp, model, request, image_ref, seed, force_new, batch, reporter)
         if decision.kind == "cached":
-            cached = _from_cache(journal, decision.row, dest, decode, cache_copy, reporter)
+            cached = _from_cache(journal, decision.row, dest, decode, cache_copy, reporter,
+                                 settings.max_decoded_bytes)
             if cached is not None:
                 return cached
             continue  # the saved file was damaged: its task is fetched again, decide anew
@@ -274,6 +277,14 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
                          finished_at=time.time())
             raise err
         url = pred.outputs[0]
+        bad_url = _unusable_output_url(url)
+        if bad_url:  # finished and unusable: recorded as failed, so no rerun polls it forever
+            err = ApiError(f"The task's output URL {url[:200]!r} {bad_url}; allowed: an http(s) "
+                           "URL.", task_id=pred.id)
+            if job is not None:
+                job.note(release=True, status=FAILED, error=str(err), info=pred.info(),
+                         finished_at=time.time())
+            raise err
         if job is not None:
             job.note(status="completed", output_url=url, inference_ms=pred.inference_ms,
                      info=pred.info(), finished_at=time.time())
@@ -291,7 +302,8 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
     frames = None
     if decode:
         reporter.status("Decoding frames")
-        frames, _ = decode_frames(dest, info)
+        frames, _ = decode_frames(dest, info, source=f"{url} (saved as {dest})",
+                                  max_bytes=settings.max_decoded_bytes)
     reporter.progress(1.0)
     done = f"Done · {pred.inference_ms / 1000:.1f} s inference" if pred.inference_ms else "Done"
     reporter.status(("NSFW flagged · " if pred.nsfw else "") + done + f" · task {pred.id}")
@@ -375,7 +387,7 @@ def _upload(client: WaveSpeedClient, image: ImageInput, settings: Settings, job:
 
 
 def _from_cache(journal: Journal, row: JobRow, dest: Path, decode: bool, cache_copy: bool,
-                reporter: Reporter) -> Ref2VResult | None:
+                reporter: Reporter, max_decoded_bytes: int) -> Ref2VResult | None:
     """The saved video of an earlier identical job: no request, not even for the key. None when
     that file no longer decodes: the row then says its task's video must be fetched again."""
     path = Path(row.output_path)
@@ -396,11 +408,26 @@ def _from_cache(journal: Journal, row: JobRow, dest: Path, decode: bool, cache_c
     frames = None
     if decode:
         reporter.status("Decoding frames")
-        frames, _ = decode_frames(path, vinfo)
+        frames, _ = decode_frames(path, vinfo, source=f"{row.output_url or path} (saved as {path})",
+                                  max_bytes=max_decoded_bytes)
     reporter.progress(1.0)
     reporter.status(f"Cached · saved result of task {row.task_id} (nothing submitted)")
     return Ref2VResult(video_path=path, fps=vinfo.fps, url=row.output_url or "", prediction=pred,
                        frames=frames, extra={"source": "cache", "journal_id": row.id})
+
+
+def _unusable_output_url(url: str) -> str | None:
+    """Why an output URL is not a plain web address (file://, ftp://, malformed), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return "is malformed"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"uses the scheme {parts.scheme or '(none)'!r}"
+    if not parts.hostname:
+        return "has no host"
+    return None
 
 
 def copy_atomic(src: Path, dest: Path) -> None:

@@ -45,9 +45,50 @@ def probe(path: str | Path) -> VideoInfo:
                      height=int(height))
 
 
-def decode_frames(path: str | Path, info: VideoInfo | None = None) -> tuple[torch.Tensor, float]:
-    """Decode all frames into one float32 [N, H, W, 3] tensor in 0..1; return it and the fps."""
+DEFAULT_MAX_DECODED_BYTES = 4 * 129 * 1280 * 720 * 3 * 4  # the Settings default (see there)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still hand out (psutil, else /proc/meminfo; None if unknown)."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except Exception:  # not installed, or no answer on this platform
+        pass
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_decoded_size(info: VideoInfo, source: str, max_bytes: int) -> int:
+    """Refuse, before allocating, a frames tensor over the cap or over the free memory."""
+    need = info.frames * info.height * info.width * 3 * 4
+    free = available_memory()
+    limit, why = max_bytes, "setting max_decoded_bytes"
+    if free is not None and free < limit:
+        limit, why = free, "memory available now"
+    if need > limit:
+        raise DownloadError(
+            f"The video {source} claims {info.frames} frames of {info.width}x{info.height}: "
+            f"{need / 2**30:.1f} GiB as IMAGE frames, over the limit of {limit / 2**30:.1f} GiB "
+            f"({why}). The video file itself is kept; its frames were not decoded.")
+    return limit
+
+
+def decode_frames(path: str | Path, info: VideoInfo | None = None, *, source: str | None = None,
+                  max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> tuple[torch.Tensor, float]:
+    """Decode all frames into one float32 [N, H, W, 3] tensor in 0..1; return it and the fps.
+
+    The size is checked before anything is allocated: a tiny file can claim thousands of 720p
+    frames. `source` (the URL or task) names the video in that error."""
     info = info or probe(path)
+    source = source or str(path)
+    limit = check_decoded_size(info, source, max_bytes)
     out = torch.empty((info.frames, info.height, info.width, 3), dtype=torch.float32)
     frame_bytes = info.width * info.height * 3
     n = 0
@@ -60,7 +101,10 @@ def decode_frames(path: str | Path, info: VideoInfo | None = None) -> tuple[torc
             if len(raw) != frame_bytes:
                 raise DownloadError(f"Frame {n} of {Path(path).name} has the wrong size.")
             if n == out.shape[0]:  # the container under-reported its length: grow (rare)
-                out = torch.cat([out, torch.empty_like(out[: max(1, n // 4)])])
+                extra = max(1, n // 4)
+                check_decoded_size(VideoInfo(n + extra, info.fps, info.width, info.height),
+                                   source, limit)
+                out = torch.cat([out, torch.empty_like(out[:extra])])
             frame = torch.frombuffer(raw, dtype=torch.uint8).view(info.height, info.width, 3)
             out[n].copy_(frame).mul_(1.0 / 255.0)
             n += 1

@@ -36,3 +36,19 @@ def test_mode_is_set_before_anything_is_written(tmp_path):
         assert stat.S_IMODE(tmp.stat().st_mode) == 0o600
         tmp.write_bytes(b"sk-x")
     assert stat.S_IMODE((tmp_path / "api_key").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_default_mode_follows_the_umask_like_other_outputs(tmp_path, umask, expected):
+    # A fresh process per umask: the mode is read from the process, as ComfyUI's own saves get it.
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = ("import os, sys; os.umask(int(sys.argv[2], 8)); "
+              "from hunyuancustom.atomic import replacing; "
+              "t = replacing(sys.argv[1]); p = t.__enter__(); p.write_bytes(b'v'); "
+              "t.__exit__(None, None, None)")
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "v.mp4"), oct(umask)[2:]],
+                   check=True, cwd=repo, timeout=60)
+    assert stat.S_IMODE((tmp_path / "v.mp4").stat().st_mode) == expected

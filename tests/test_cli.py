@@ -321,3 +321,43 @@ def test_an_uncertain_submit_blocks_reruns_until_abandoned(api, ref, tmp_path):
     assert cli(*args).returncode == 0 and len(posts(api)) == 2
     proc = cli("jobs", "abandon", row["id"])
     assert proc.returncode == 2 and "only an uncertain job" in proc.stderr
+
+
+@pytest.mark.parametrize("output", ["../../x.mp4", "/ABS/x.mp4", "sub/../../x.mp4", "link/x.mp4"])
+def test_batch_output_outside_the_output_folder_is_refused_before_any_request(api, ref, tmp_path,
+                                                                             output):
+    victim = tmp_path / "x.mp4"
+    victim.write_bytes(b"someone else's file")
+    out_dir = tmp_path / "a" / "b"
+    out_dir.mkdir(parents=True)
+    (out_dir / "link").symlink_to(tmp_path)  # a folder inside that points outside
+    output = output.replace("/ABS", str(tmp_path))
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [
+        {"image": str(ref), "prompt": "fine", "output": "ok.mp4"},
+        {"image": str(ref), "prompt": "escape", "output": output}])
+    proc = cli("batch", jobs, "-o", out_dir, "--api-base", api.base_url)
+    assert proc.returncode == 2, proc.stderr
+    assert "output: " in proc.stderr and "(line 2)" in proc.stderr, proc.stderr
+    assert "leaves the output folder" in proc.stderr or "outside the output folder" in proc.stderr
+    assert api.requests == [] and victim.read_bytes() == b"someone else's file"
+
+
+def test_batch_output_in_a_subfolder_of_the_output_folder_is_allowed(api, ref, tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [
+        {"image": str(ref), "prompt": "fine", "output": "sub/deeper/ok.mp4"}])
+    proc = cli("batch", jobs, "-o", tmp_path / "out", "--api-base", api.base_url)
+    assert proc.returncode == 0, proc.stderr
+    assert probe(tmp_path / "out" / "sub" / "deeper" / "ok.mp4").frames > 0
+
+
+def test_non_utf8_jobs_file_and_lone_surrogate_prompt_are_clear_errors(api, ref, tmp_path):
+    bad = tmp_path / "jobs.jsonl"
+    bad.write_bytes(b'{"image": "ref.png", "prompt": "caf\xe9"}\n')
+    proc = cli("batch", bad, "--api-base", api.base_url)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "jobs_file" in proc.stderr and "not UTF-8" in proc.stderr
+    lone = write_jobs(tmp_path / "lone.jsonl", ['{"image": "ref.png", "prompt": "a \\ud800 b"}'])
+    proc = cli("batch", lone, "--api-base", api.base_url)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "prompt" in proc.stderr and "unpaired surrogate" in proc.stderr and "line 1" in proc.stderr
+    assert api.requests == []

@@ -175,6 +175,7 @@ def test_a_damaged_file_is_a_clear_error(isolated_config):
         Journal.open_default()
     message = str(err.value)
     assert "jobs.sqlite3" in message and "damaged" in message and "Move it aside" in message
+    assert "pending or uncertain" in message and "pays for" in message
     assert isinstance(err.value, ConfigError)
 
 

@@ -104,6 +104,13 @@ class Scenario:
     # `release_stalls()` or when the server stops.
     upload_stall_s: float = 0.0
     output_stall_s: float = 0.0
+    # Hostile: the first N output downloads are sent with no Content-Length, cut after half the
+    # file, and the connection closed cleanly, so the client sees an ordinary end of body.
+    output_cut_no_length_first_n: int = 0
+    # Hostile: completed tasks report this as their output URL (file://, ftp://, malformed) and
+    # this as timings.inference (e.g. float("nan"), float("inf")).
+    output_url: str | None = None
+    inference_value: Any = None
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Scenario:
@@ -265,6 +272,7 @@ class FakeWaveSpeed:
                 "upload": _scripted_queue(new.upload_responses),
             }
             self._drops_left = new.output_drop_first_n
+            self._cuts_left = new.output_cut_no_length_first_n
             self._unstall.clear()
             self.stalled.clear()
             return new
@@ -390,6 +398,10 @@ class FakeWaveSpeed:
             if not (plan.nsfw and plan.nsfw_blocks_output):
                 outputs = [f"{self.origin}/files/{task.id}.mp4"]
             inference_ms = max(1, int(((task.finished or time.monotonic()) - task.submitted) * 1000))
+        if outputs and plan.output_url is not None:  # hostile scenario: output_url
+            outputs = [plan.output_url]
+        if status == "completed" and plan.inference_value is not None:  # ... and inference_value
+            inference_ms = plan.inference_value
         return {
             "id": task.id,
             "model": task.model,
@@ -646,6 +658,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, _envelope(200, "success", info))
 
     def _serve_file(self, name: str, head: bool) -> None:
+        if not head and self._serve_cut_output(name):
+            return
         status, data, ctype, drop = self.server.api._file(name)
         if status != 200 or data is None:
             self._send_json(*_error(status, "File not found" if status == 404 else "Forbidden"))
@@ -676,6 +690,26 @@ class _Handler(BaseHTTPRequestHandler):
         if drop:
             self.wfile.flush()
             raise _Drop()  # a truncated body: fewer bytes than Content-Length promised
+
+    # --- hostile scenario: output_cut_no_length_first_n ---
+    def _serve_cut_output(self, name: str) -> bool:
+        """Serve half of a task output with no Content-Length, then close (True if it did)."""
+        api = self.server.api
+        with api._lock:
+            entry = api._files.get(name)
+            if entry is None or not isinstance(entry[0], Path) or api._cuts_left <= 0:
+                return False
+            api._cuts_left -= 1
+            api._counts["downloads"] += 1
+        data = entry[0].read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", entry[1])
+        self.send_header("Connection", "close")  # the body ends where the connection does
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+        return True
 
     def _control(self, method: str, path: str, body: bytes) -> None:
         api = self.server.api
