@@ -71,12 +71,3 @@ def test_prompt_template_and_suffix():
     assert prompt.llava_text("A cup.").endswith("A cup.<|eot_id|>\nThe object looks like<image>")
     negative = prompt.llava_text("", prompt.NEGATIVE_NAME)
     assert negative.endswith("\n\n<|eot_id|>\nThe person looks like<image>")
-
-
-def test_image_feature_span_after_crop():
-    ids = list(range(95)) + [500, 501, 502, 9999] + [0] * 10  # template, prompt, <image>, padding
-    start, end = prompt.image_feature_span(ids, 9999)
-    assert (start, end) == (3, 3 + 576)
-    assert prompt.fused_length(len(ids)) == len(ids) - 1 + 576 - 95
-    with pytest.raises(ValueError, match="exactly one"):
-        prompt.image_feature_span(ids + [9999], 9999)

@@ -35,21 +35,3 @@ def suffix(name: str = DEFAULT_NAME) -> str:
 def llava_text(prompt: str, name: str = DEFAULT_NAME) -> str:
     """The exact string the released code tokenizes for one branch."""
     return VIDEO_TEMPLATE.format(prompt) + suffix(name)
-
-
-def image_feature_span(token_ids: list[int], image_token_id: int, crop_start: int = CROP_START,
-                       n_features: int = IMAGE_FEATURES) -> tuple[int, int]:
-    """Where the image features sit in the cropped hidden states of a tokenized `llava_text`:
-    [start, end) after `<image>` is expanded in place and the template positions dropped."""
-    hits = [i for i, t in enumerate(token_ids) if t == image_token_id]
-    if len(hits) != 1:
-        raise ValueError(f"expected exactly one image token, found {len(hits)}")
-    start = hits[0] - crop_start
-    if start < 0:
-        raise ValueError("the image token lies inside the cropped template")
-    return start, start + n_features
-
-
-def fused_length(n_tokens_padded: int, crop_start: int = CROP_START, n_features: int = IMAGE_FEATURES) -> int:
-    """Length of the cropped hidden states: padded text with `<image>` replaced by the features."""
-    return n_tokens_padded - 1 + n_features - crop_start

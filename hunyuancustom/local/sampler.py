@@ -23,12 +23,6 @@ from . import reference, text_encoder
 RELEASED_SAMPLER, RELEASED_SCHEDULER = "euler", "simple"  # simple = the released sigmas (released.py)
 
 
-def from_conditioning(conditioning, field: str):
-    """(text states, pooled, mask) from core CONDITIONING `[[tensor, {"pooled_output", ...}]]`."""
-    states, extra = cond.parts(conditioning, field)
-    return states, extra["pooled_output"], extra.get("attention_mask")
-
-
 def encode_text_image(clip, clip_vision, text: str, image: torch.Tensor, name: str, field: str = "prompt"):
     """The released text-image fusion (`text_encoder.py`): the prompt in the released template with
     the "looks like<image>" suffix, the LLaVA features of `image` (already a white-padded 336
