@@ -53,12 +53,20 @@ class JobOutcome:
     def source(self) -> str | None:
         return self.result.extra.get("source") if self.result is not None else None
 
+    @property
+    def billed(self) -> bool:
+        """Whether the job's video came from a new task, which the provider bills; False for a
+        saved result or a resumed task (paid for when first submitted). A failed job has no video
+        and counts as neither."""
+        return self.result is not None and bool(self.result.extra.get("billed"))
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "job": self.label,
                                "status": "done" if self.ok else "failed"}
         if self.result is not None:
             pred = self.result.prediction
-            out.update(source=self.source, task_id=pred.id, output=str(self.result.video_path),
+            out.update(source=self.source, billed=self.billed, task_id=pred.id,
+                       output=str(self.result.video_path),
                        url=self.result.url, inference_ms=pred.inference_ms,
                        journal_id=self.result.extra.get("journal_id"))
         else:
@@ -80,8 +88,11 @@ class BatchResult:
 
     def summary(self) -> dict[str, Any]:
         done = sum(o.ok for o in self.outcomes)
+        billed = sum(o.billed for o in self.outcomes)
+        # Of the videos done: "billed" came from new tasks, "free" from saved results or resumed tasks.
         return {"batch_id": self.batch_id, "resumed": self.resumed, "jobs": len(self.outcomes),
-                "done": done, "failed": len(self.outcomes) - done,
+                "done": done, "failed": len(self.outcomes) - done, "billed": billed,
+                "free": done - billed,
                 "elapsed_s": round(self.elapsed_s, 2),
                 "results": [o.summary() for o in self.outcomes]}
 

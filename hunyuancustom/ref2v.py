@@ -99,6 +99,19 @@ def status_line(pred: Prediction, elapsed_s: float) -> str:
     return f"{label} · {int(elapsed_s)} s · task {pred.id}"
 
 
+# What each way of getting a result costs the user's provider account. A new task is the only one
+# billed: a resumed task was paid for when it was first submitted, a saved result is a local file.
+BILLING_NOTES = {
+    "new": "billed: new task {id}",
+    "resumed": "free: resumed task {id} (already paid; not billed again)",
+    "cache": "free: saved result of task {id} (nothing submitted)",
+}
+
+
+def billing_note(source: str, task_id: str | None) -> str:
+    return BILLING_NOTES[source].format(id=task_id)
+
+
 def run_ref2v(
     model: CloudModel,
     image: ImageInput,
@@ -305,11 +318,14 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
         frames, _ = decode_frames(dest, info, source=f"{url} (saved as {dest})",
                                   max_bytes=settings.max_decoded_bytes)
     reporter.progress(1.0)
-    done = f"Done · {pred.inference_ms / 1000:.1f} s inference" if pred.inference_ms else "Done"
-    reporter.status(("NSFW flagged · " if pred.nsfw else "") + done + f" · task {pred.id}")
-    extra: dict[str, Any] = {}
+    source = "resumed" if resumed else "new"
+    done = f"Done · {billing_note(source, pred.id)}"
+    if pred.inference_ms:
+        done += f" · {pred.inference_ms / 1000:.1f} s inference"
+    reporter.status(("NSFW flagged · " if pred.nsfw else "") + done)
+    extra: dict[str, Any] = {"source": source, "billed": source == "new"}
     if job is not None:
-        extra = {"source": "resumed" if job.resumed else "new", "journal_id": job.row.id}
+        extra["journal_id"] = job.row.id
         if job.warnings:
             extra["journal_warning"] = job.warnings[-1]
     return Ref2VResult(video_path=dest, fps=info.fps, url=url, prediction=pred, frames=frames,
@@ -411,9 +427,9 @@ def _from_cache(journal: Journal, row: JobRow, dest: Path, decode: bool, cache_c
         frames, _ = decode_frames(path, vinfo, source=f"{row.output_url or path} (saved as {path})",
                                   max_bytes=max_decoded_bytes)
     reporter.progress(1.0)
-    reporter.status(f"Cached · saved result of task {row.task_id} (nothing submitted)")
+    reporter.status(f"Cached · {billing_note('cache', row.task_id)}")
     return Ref2VResult(video_path=path, fps=vinfo.fps, url=row.output_url or "", prediction=pred,
-                       frames=frames, extra={"source": "cache", "journal_id": row.id})
+                       frames=frames, extra={"source": "cache", "billed": False, "journal_id": row.id})
 
 
 def _unusable_output_url(url: str) -> str | None:

@@ -74,12 +74,18 @@ def test_a_failed_job_does_not_sink_the_batch_and_a_rerun_retries_only_it(api, j
     assert [o.ok for o in first.outcomes] == [False, True, True]
     assert "moderation filter" in first.outcomes[0].error
     assert first.summary()["results"][0]["status"] == "failed"
+    # Two new tasks billed; the refused submit made no video and counts as neither.
+    assert {k: first.summary()[k] for k in ("billed", "free", "failed")} == {"billed": 2, "free": 0,
+                                                                            "failed": 1}
     assert submitted_prompts(api) == ["first", "second", "third"]
 
     again = batch(api, journal, jobs, POLL, concurrency=1)
     assert again.resumed and again.batch_id == first.batch_id and again.all_ok
     assert submitted_prompts(api) == ["first", "second", "third", "first"]  # only the failed one
     assert [o.source for o in again.outcomes] == ["new", "cache", "cache"]
+    summary = again.summary()
+    assert (summary["billed"], summary["free"]) == (1, 2)
+    assert [r["billed"] for r in summary["results"]] == [True, False, False]
     assert again.outcomes[1].result.prediction.id == first.outcomes[1].result.prediction.id
 
     # A batch that fully succeeded is finished: running it again makes new seed -1 videos.
@@ -115,6 +121,8 @@ def test_a_cancelled_batch_resumes_without_resubmitting(api, journal, tmp_path, 
     assert result.resumed and result.all_ok
     assert api.stats()["submits"] == 4  # the two pending tasks were polled, not resubmitted
     assert sorted(o.source for o in result.outcomes) == ["new", "new", "resumed", "resumed"]
+    # The resumed tasks were paid for by the cancelled run: free now.
+    assert (result.summary()["billed"], result.summary()["free"]) == (2, 2)
 
 
 def test_identical_fixed_seed_jobs_pay_once(api, journal, tmp_path, image):

@@ -85,6 +85,29 @@ def test_fixed_seed_rerun_is_served_from_disk_with_zero_requests(api, image, tmp
     assert reporter.statuses[-1].startswith("Cached")
 
 
+def test_each_result_says_whether_it_was_billed(api, image, tmp_path, fast, journal):
+    """New task: billed. The saved result and a resumed task (paid when first submitted): free."""
+    reporter = RecordingReporter()
+    new = run(api, image, tmp_path / "a.mp4", fast, journal, reporter=reporter)
+    task = new.prediction.id
+    assert new.info()["billed"] is True and new.info()["source"] == "new"
+    assert reporter.statuses[-1].startswith(f"Done · billed: new task {task} · ")
+
+    reporter = RecordingReporter()
+    cached = run(api, image, tmp_path / "b.mp4", fast, journal, reporter=reporter)
+    assert cached.info()["billed"] is False and cached.info()["source"] == "cache"
+    assert reporter.statuses[-1] == f"Cached · free: saved result of task {task} (nothing submitted)"
+
+    cancelled_mid_poll(api, image, tmp_path, journal, params=RANDOM)
+    pending = api.task_ids()[-1]
+    reporter = RecordingReporter()
+    resumed = run(api, image, tmp_path / "c.mp4", FAST_POLLS, journal, params=RANDOM, reporter=reporter)
+    assert resumed.info()["billed"] is False and resumed.info()["source"] == "resumed"
+    assert reporter.statuses[-1].startswith(
+        f"Done · free: resumed task {pending} (already paid; not billed again)")
+    assert len(posts(api)) == 2  # the two tasks the lines call new; none for the free ones
+
+
 def test_cache_can_hand_back_the_saved_file_itself(api, image, tmp_path, fast, journal):
     run(api, image, tmp_path / "a.mp4", fast, journal)
     again = run(api, image, tmp_path / "unused.mp4", fast, journal, cache_copy=False)
