@@ -188,10 +188,11 @@ function describeResult(info) {
     const text = `local · seed ${info.seed} · ${info.steps} steps · ${info.sampling_s} s sampling`;
     return { text, copy: String(info.seed) };
   }
-  const parts = [`task ${info.task_id}`];
+  // Billed or free first, so it survives a narrow node.
+  const how = { new: "billed · new task", resumed: "free · resumed task",
+                cache: "free · saved result of task" };
+  const parts = [`${how[info.source] ?? "task"} ${info.task_id}`];
   if (info.inference_ms != null) parts.push(`${(info.inference_ms / 1000).toFixed(1)} s inference`);
-  if (info.source === "cache") parts.push("saved result, not billed again");
-  if (info.source === "resumed") parts.push("resumed");
   if ((info.has_nsfw_contents || []).some(Boolean)) parts.push("NSFW flagged");
   return { text: parts.join(" · "), copy: info.task_id };
 }
@@ -199,7 +200,8 @@ function describeResult(info) {
 function describeBatch(summary) {
   const ids = (summary.results || []).map((r) => r.task_id).filter(Boolean);
   const failed = summary.failed ? ` · ${summary.failed} failed` : "";
-  return { text: `${summary.done} of ${summary.jobs} videos done${failed}`, copy: ids.join("\n") };
+  const billing = summary.billed != null ? ` · ${summary.billed} billed, ${summary.free} free` : "";
+  return { text: `${summary.done} of ${summary.jobs} videos done${billing}${failed}`, copy: ids.join("\n") };
 }
 
 function showResult(node, line) {

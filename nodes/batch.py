@@ -21,6 +21,7 @@ from ..hunyuancustom.params import DEFAULT_PROMPT, REF2V_480P, REF2V_720P, Cloud
 from ..hunyuancustom.ref2v import ImageInput
 from ..hunyuancustom.video import image_to_png, select_image
 from .cloud import SUBFOLDER, force_new_input, ref2v_widgets, rerun_fingerprint, saved_result
+from .files import output_relative, portable
 from .progress import ComfyReporter
 
 MAX_JOBS = 256
@@ -54,7 +55,9 @@ class _CloudBatch(io.ComfyNode):
                          "every prompt (one per line), or paired by position. Runs a few tasks at "
                          f"once on the hosted {m.model_id}; a failed job does not stop the others. "
                          "Re-running after Cancel or a failure resumes: finished videos are kept, "
-                         "pending tasks are polled, nothing is paid twice."),
+                         "pending tasks are polled, nothing is paid twice. Each new task is billed "
+                         "to your WaveSpeedAI account by the provider; the summary counts the "
+                         "billed and the free (saved or resumed) videos."),
             inputs=[
                 io.Image.Input("images", tooltip="Reference images; each image of the batch is "
                                                  "one subject."),
@@ -73,8 +76,9 @@ class _CloudBatch(io.ComfyNode):
                                 tooltip="One VIDEO per finished job, in job order (failed jobs "
                                         "are left out; see summary)."),
                 io.String.Output("summary", display_name="summary",
-                                 tooltip="JSON: each job's image, prompt, outcome, task id, output "
-                                         "file or error."),
+                                 tooltip="JSON: each job's image, prompt, outcome, billed or "
+                                         "free, task id, output file (inside ComfyUI's output "
+                                         "folder) or error; counts of billed and free videos."),
             ],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
@@ -114,6 +118,8 @@ class _CloudBatch(io.ComfyNode):
         summary = result.summary()
         for row, (i, p) in zip(summary["results"], pairs, strict=True):
             row.update(image=i, prompt=lines[p])
+            if row.get("error"):
+                row["error"] = portable(row["error"])
         done = [o for o in result.outcomes if o.ok]
         if not done:
             first = result.outcomes[0]
@@ -121,7 +127,8 @@ class _CloudBatch(io.ComfyNode):
         videos, saved = [], []
         for o in done:
             path, filename, subfolder = saved_result(o.result.video_path, jobs[o.index].dest)
-            summary["results"][o.index]["output"] = str(path)
+            # Relative to ComfyUI's output folder, like the cloud node's info: no server paths.
+            summary["results"][o.index]["output"] = output_relative(filename, subfolder)
             videos.append(InputImpl.VideoFromFile(str(path)))
             saved.append(ui.SavedResult(filename, subfolder, io.FolderType.output))
         text = json.dumps(summary)

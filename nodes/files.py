@@ -8,6 +8,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..hunyuancustom.atomic import replacing
+from ..hunyuancustom.config import data_dir
 
 SUBFOLDER = "hunyuancustom"
 
@@ -19,6 +20,22 @@ def numbered_mp4(prefix: str, folder: io.FolderType = io.FolderType.output) -> t
     full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, base)
     filename = f"{name}_{counter:05}_.mp4"
     return Path(full_dir) / filename, filename, subfolder
+
+
+def output_relative(filename: str, subfolder: str) -> str:
+    """A saved file's path inside ComfyUI's output folder, as the node reports it."""
+    return f"{subfolder}/{filename}" if subfolder else filename
+
+
+def portable(text: str) -> str:
+    """`text` with the server's own folders named, not spelled out: for JSON a user may share
+    (errors and journal warnings can name the video's path or the journal file)."""
+    folders = {folder_paths.get_output_directory(): "[output folder]",
+               str(data_dir()): "[HunyuanCustom data folder]"}
+    for folder, label in sorted(folders.items(), key=lambda kv: -len(kv[0])):
+        for spelling in {folder, str(Path(folder).resolve())}:
+            text = text.replace(spelling, label)
+    return text
 
 
 def preview_video(video, prefix: str) -> ui.PreviewVideo:

@@ -231,8 +231,9 @@ def test_key_setting_round_trips_without_exposing_the_key(browser_run):
 def test_cloud_node_shows_the_finished_video_with_task_and_inference_time(browser_run):
     report, tmp = browser_run
     run = report["run"]
-    assert run["info"].startswith("task ") and " s inference" in run["info"], run["info"]
-    task_id = run["info"].split()[1]
+    # A new task: the line says first that it was billed.
+    assert run["info"].startswith("billed · new task ") and " s inference" in run["info"], run["info"]
+    task_id = run["info"].split()[4]
     assert run["copied"] == task_id  # the Copy button
     video = run["video"]
     assert video is not None, "no <video> preview on the page"

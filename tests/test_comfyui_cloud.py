@@ -7,8 +7,10 @@ the key appears nowhere a user could share.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
+import struct
 import time
 from pathlib import Path
 
@@ -184,6 +186,7 @@ def test_requeue_after_cancel_resumes_the_same_task(comfy, api):
     entry = comfy.wait(comfy.queue(graph(seed=11)), timeout=120)
     info = entry["outputs"]["2"]["hunyuancustom"][0]
     assert info["task_id"] == task_id and info["source"] == "resumed"
+    assert info["billed"] is False  # paid for when the cancelled run submitted it
     assert api.stats()["submits"] == 1 and api.stats()["uploads"] <= 1  # earlier uploads reused
     assert "3" in entry["outputs"]  # Save Video got the resumed result
 
@@ -192,6 +195,7 @@ def test_force_new_pays_again_on_purpose(comfy, api):
     comfy.wait(comfy.queue(graph(seed=12)))
     entry = comfy.wait(comfy.queue(graph(seed=12, force_new=True)))
     assert entry["outputs"]["2"]["hunyuancustom"][0]["source"] == "new"
+    assert entry["outputs"]["2"]["hunyuancustom"][0]["billed"] is True
     assert api.stats()["submits"] == 2
     comfy.wait(comfy.queue(graph(seed=12, force_new=True)))  # ComfyUI's cache does not hold it back
     assert api.stats()["submits"] == 3
@@ -223,11 +227,45 @@ def test_batch_node_runs_every_pair_and_shares_the_widgets(comfy, api):
     assert [r["prompt"] for r in summary["results"]] == ["The person waves.", "The person dances."]
     assert [r["status"] for r in summary["results"]] == ["done", "done"]
     assert api.stats()["submits"] == 2 and api.stats()["uploads"] <= 1
-    assert all(Path(r["output"]).exists() for r in summary["results"])
+    # Paths inside ComfyUI's output folder, as the previews name them: no server path.
+    assert [r["output"] for r in summary["results"]] == [
+        f"{v['subfolder']}/{v['filename']}" for v in entry["outputs"]["2"]["images"]]
+    assert all((comfy.output_dir / r["output"]).is_file() for r in summary["results"])
+    assert str(comfy.base_dir) not in json.dumps(summary)
+    assert (summary["billed"], summary["free"]) == (2, 0)
+    assert [r["billed"] for r in summary["results"]] == [True, True]
     # Unchanged graph, fixed seed: ComfyUI's cache answers, no request at all.
     api.reset()
     comfy.wait(comfy.queue(g))
     assert api.requests == []
+    # Changed only in how it runs: the node runs again and the journal serves both videos, free.
+    g["2"]["inputs"]["concurrency"] = 1
+    entry = comfy.wait(comfy.queue(g))
+    summary = entry["outputs"]["2"]["hunyuancustom_batch"][0]
+    assert api.requests == [] and (summary["billed"], summary["free"]) == (0, 2)
+
+
+def test_batch_summary_names_no_server_path_even_in_errors(comfy, api):
+    """A job whose submit answer was lost fails on the rerun with a message naming the journal
+    file: the summary, which a user may share, names it by its folder's role, not its path."""
+    api.set_scenario(Scenario(api_key=SECRET, submit_responses=[{"status": 500, "body": {
+        "code": 500, "message": "upstream hiccup", "data": None}}]))
+    widgets = {"prompts": "The person waves.\nThe person dances.", "combine": "every image x every prompt",
+               "negative_prompt": "", "size": "1280*720", "guidance_scale": 7.5, "flow_shift": 13.0,
+               "seed": 24, "enable_safety_checker": True, "concurrency": 1}
+    g = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": REF_IMAGE}},
+        "2": {"class_type": "HunyuanCustomCloudBatch720p", "inputs": {"images": ["1", 0], **widgets}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},  # the summary STRING
+    }
+    comfy.wait(comfy.queue(g), timeout=120)
+    g["2"]["inputs"]["concurrency"] = 2  # run again (the batch resumes): the lost submit is refused
+    entry = comfy.wait(comfy.queue(g), timeout=120)
+    summary = entry["outputs"]["2"]["hunyuancustom_batch"][0]
+    assert json.loads(entry["outputs"]["3"]["text"][0]) == summary
+    failed = [r for r in summary["results"] if r["status"] == "failed"]
+    assert len(failed) == 1 and "[HunyuanCustom data folder]/jobs.sqlite3" in failed[0]["error"]
+    assert str(comfy.base_dir) not in json.dumps(summary), summary
 
 
 def test_batch_node_checks_each_image_before_any_request(comfy, api):
@@ -304,3 +342,76 @@ def test_live_status_reaches_the_front_end_and_ends_with_the_result(comfy, api):
     # The result the front end shows under the node: the video preview and the task line.
     assert executed["images"][0]["filename"].endswith(".mp4") and executed["animated"] == [True]
     assert SECRET not in json.dumps(events)
+
+
+# --- frames only when used; billed or free --------------------------------------------------------
+
+
+def run_watching(comfy, g, node="2"):
+    """Queue `g` and read the websocket as the front end does: (the status lines node `node`
+    showed, from the pack's own event and core's progress text, in order; the history entry)."""
+    import aiohttp
+
+    async def run():
+        texts = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{comfy.url}/ws?clientId={comfy.client_id}") as ws:
+                prompt_id = await asyncio.to_thread(comfy.queue, g)
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.BINARY:  # core's progress text: type 3
+                        (kind, n), rest = struct.unpack(">II", msg.data[:8]), msg.data[8:]
+                        if kind == 3 and rest[:n].decode() == node:
+                            texts.append(rest[n:].decode())
+                        continue
+                    m = json.loads(msg.data)
+                    data = m.get("data") or {}
+                    if m["type"] == "hunyuancustom.status" and data.get("node") == node:
+                        texts.append(data["text"])
+                    elif m["type"] in ("execution_success", "execution_error") \
+                            and data.get("prompt_id") == prompt_id:
+                        return prompt_id, texts
+
+    prompt_id, texts = asyncio.run(asyncio.wait_for(run(), 120))
+    return texts, comfy.wait(prompt_id)
+
+
+def frames_graph(seed, frames):
+    """The cloud node with Save Video and a preview of its `info`; `frames` also sends its frames
+    into core's Get Image Size, whose batch size is previewed."""
+    g = graph(seed=seed)
+    g["4"] = {"class_type": "PreviewAny", "inputs": {"source": ["2", 4]}}
+    if frames:
+        g["5"] = {"class_type": "GetImageSize", "inputs": {"image": ["2", 1]}}
+        g["6"] = {"class_type": "PreviewAny", "inputs": {"source": ["5", 2]}}
+    return g
+
+
+def test_frames_are_decoded_only_when_used_and_the_line_says_billed_or_free(comfy, api):
+    # Only Save Video takes the result: no frames decoded. A new task: billed.
+    texts, entry = run_watching(comfy, frames_graph(61, frames=False))
+    info = json.loads(entry["outputs"]["4"]["text"][0])  # the info output
+    assert info == entry["outputs"]["2"]["hunyuancustom"][0]  # and the node's own ui message
+    assert info["source"] == "new" and info["billed"] is True
+    assert texts[-1].startswith(f"Done · billed: new task {info['task_id']}"), texts
+    assert "Decoding frames" not in texts, texts
+    own = entry["outputs"]["2"]["images"][0]
+    n_frames = decode_frames(comfy.output_dir / own["subfolder"] / own["filename"])[0].shape[0]
+
+    # Frames connected, the node unchanged: ComfyUI must not serve its cached result (which has
+    # no frames). The node runs again, gets the saved video from the journal (free) and decodes.
+    api.reset()
+    texts, entry = run_watching(comfy, frames_graph(61, frames=True))
+    assert entry["outputs"]["6"]["text"] == [str(n_frames)]  # the frames reached Get Image Size
+    assert "Decoding frames" in texts
+    info = json.loads(entry["outputs"]["4"]["text"][0])
+    assert info["source"] == "cache" and info["billed"] is False
+    assert texts[-1] == f"Cached · free: saved result of task {info['task_id']} (nothing submitted)"
+    assert api.requests == []
+
+    # Unchanged again: ComfyUI's cache, with the frames.
+    texts, entry = run_watching(comfy, frames_graph(61, frames=True))
+    assert texts == [] and entry["outputs"]["6"]["text"] == [str(n_frames)]
+
+    # Frames disconnected again: nothing is decoded.
+    texts, entry = run_watching(comfy, frames_graph(61, frames=False))
+    assert "Decoding frames" not in texts and api.requests == []
