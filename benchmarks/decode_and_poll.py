@@ -8,6 +8,10 @@ fresh subprocess each (so peak RSS is that method's alone):
   ours:  download (streamed, atomic) + probe + decode into one preallocated float32 tensor;
   core:  the same download, then PyAV decode as core's VideoFromFile.get_components does it
          (the real class when COMFYUI_PATH is set, else the same steps written out).
+Then, on the same file, the cloud node's whole job (run_ref2v with the journal: upload, submit,
+poll, download, and the VIDEO output) with its `frames` output used (decoded) and unused (not
+decoded), each in a fresh process: peak extra memory, and what the result still holds afterwards
+(what ComfyUI keeps for as long as it caches the node's output).
 Part 2 runs tasks of known duration on the loopback server and measures how late each poller
 notices completion and how many requests it makes: our schedule vs core's fixed 5 s interval.
 """
@@ -90,6 +94,61 @@ def child(method: str, url: str, out_dir: str) -> None:
                       "tensor_mb": tensor_mb, "peak_extra_mb": peak_mb() - base}))
 
 
+def node_child(frames_used: str, api_base: str, out_dir: str) -> None:
+    """The cloud node's job in this fresh process, frames decoded or not; prints a JSON line."""
+    import torch  # noqa: F401  (imported before the baseline, as ComfyUI would have it)
+
+    from hunyuancustom.config import Settings
+    from hunyuancustom.journal import Journal
+    from hunyuancustom.params import REF2V_720P
+    from hunyuancustom.ref2v import ImageInput, run_ref2v
+    from hunyuancustom.testing.media import make_test_image, png_bytes
+
+    video_type = None
+    if os.environ.get("COMFYUI_PATH"):
+        sys.path.insert(0, os.environ["COMFYUI_PATH"])
+        from comfy_api.latest import InputImpl
+
+        video_type = InputImpl.VideoFromFile
+    decode = frames_used == "used"
+    image = ImageInput(png=png_bytes(make_test_image(None, 64, 48)))
+    dest = Path(out_dir) / f"node_{frames_used}.mp4"
+    base = rss_mb()
+    t0 = time.perf_counter()
+    with Journal(Path(out_dir) / f"jobs_{frames_used}.sqlite3") as journal:
+        result = run_ref2v(REF2V_720P, image, {"prompt": "bench", "seed": -1}, dest, decode=decode,
+                           settings=Settings(api_base=api_base), api_key=ApiKey(KEY, "bench"),
+                           journal=journal)
+    # The node's outputs as ComfyUI holds them: the VIDEO (a file reference) and the frames or None.
+    outputs = (video_type(str(dest)) if video_type else str(dest), result.frames)
+    total = time.perf_counter() - t0
+    frames = outputs[1]
+    print(json.dumps({"frames_used": frames_used, "total_s": total,
+                      "frames": list(frames.shape) if frames is not None else None,
+                      "peak_extra_mb": peak_mb() - base, "held_extra_mb": rss_mb() - base,
+                      "video": type(outputs[0]).__name__}))
+
+
+def node_outputs(api: FakeWaveSpeed, tmp: str, repeats: int) -> None:
+    """Side by side: the cloud node's job with `frames` unused and used."""
+    rows = []
+    for _ in range(repeats):
+        for used in ("unused", "used"):  # interleaved so both see the same machine state
+            out = subprocess.run([sys.executable, __file__, "--node-child", used, api.base_url, tmp],
+                                 capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"\ncloud node job (upload, submit, poll, download; {repeats} runs each, best time, worst "
+          "memory)")
+    print(f"{'frames output':14} {'total s':>8} {'peak extra MiB':>15} {'held after MiB':>15}  outputs")
+    for used in ("unused", "used"):
+        rs = [x for x in rows if x["frames_used"] == used]
+        what = f"VIDEO ({rs[0]['video']}) + " + (f"frames {rs[0]['frames']} float32" if rs[0]["frames"]
+                                                  else "no frames (None)")
+        print(f"{used:14} {min(x['total_s'] for x in rs):8.2f} "
+              f"{max(x['peak_extra_mb'] for x in rs):15.0f} {max(x['held_extra_mb'] for x in rs):15.0f}"
+              f"  {what}")
+
+
 def make_textured_video(path: Path, frames: int, width: int, height: int) -> None:
     """Film-like content: a random texture panning a few pixels a frame plus fresh grain in every
     frame, so the encoder spends a realistic bitrate (the flat test pattern, or a pure pan, compresses
@@ -148,6 +207,8 @@ def part1(frames: int, width: int, height: int, repeats: int, textured: bool) ->
         print(f"frames tensor: {rows[0]['frames']} float32 = {rows[0]['tensor_mb']:.0f} MiB")
         print(f"speed: ours/core = {summary['ours'][0] / summary['core'][0]:.2f} (<= 1.0 is the target); "
               f"memory: ours/core = {summary['ours'][1] / summary['core'][1]:.2f}")
+        with FakeWaveSpeed(Scenario(api_key=KEY, video_path=str(video))) as api:
+            node_outputs(api, tmp, repeats)
 
 
 def part2() -> None:
@@ -195,6 +256,9 @@ def part2() -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(*sys.argv[2:5])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--node-child":
+        node_child(*sys.argv[2:5])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=129)
