@@ -305,5 +305,5 @@ def test_inside_a_subgraph_the_status_and_result_reach_the_inner_node(browser_ru
     assert "execution_success" in sub["events"][-1], sub["events"]
     assert any("Processing" in s or "Queued" in s for s in sub["statusSeen"]), sub
     assert sub["statusHiddenAfter"] is True
-    assert sub["info"] and sub["info"].startswith("task "), sub
+    assert sub["info"] and sub["info"].startswith("billed · new task "), sub
 
