@@ -11,8 +11,13 @@ from pathlib import Path
 
 import folder_paths
 from comfy_api.latest import InputImpl, io, ui
-from comfy_execution.utils import get_executing_context
 from server import PromptServer
+
+try:
+    from comfy_execution.utils import get_executing_context
+except ImportError:  # an older ComfyUI: the graph cannot be read, so frames are always decoded
+    def get_executing_context():
+        return None
 
 from ..hunyuancustom.journal import Journal
 from ..hunyuancustom.params import REF2V_480P, REF2V_720P, CloudModel
@@ -122,8 +127,8 @@ class _CloudRef2V(io.ComfyNode):
                                  tooltip="The provider's output URL (expires after ~7 days)."),
                 io.String.Output("info", display_name="info",
                                  tooltip="JSON: task id, model, status, timings, NSFW flags, "
-                                         "source and billed (a new task) or not (a saved "
-                                         "result or a resumed task)."),
+                                         "source, and billed: true for a new task, false for a "
+                                         "saved result or a resumed task."),
             ],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
