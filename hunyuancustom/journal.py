@@ -65,7 +65,6 @@ ABANDONED = "abandoned"  # an uncertain row the user chose to move past (force n
 FINISHED = (DOWNLOADED, FAILED, REJECTED, EXPIRED, ABANDONED)  # nothing left to resume or pay
 
 
-
 def _proc_stat(pid: int) -> tuple[str, str] | None:
     """(state, start time in clock ticks) of a process from Linux's /proc; None elsewhere."""
     try:
@@ -77,8 +76,8 @@ def _proc_stat(pid: int) -> tuple[str, str] | None:
 
 
 def _start_mark() -> str:
-    stat = _proc_stat(os.getpid())
-    return f"@{stat[1]}" if stat else ""
+    mine = _proc_stat(os.getpid())
+    return f"@{mine[1]}" if mine else ""
 
 
 # Tells this process apart from an earlier one with the same pid. On Linux it ends in the
@@ -317,10 +316,10 @@ def _process_alive(pid: int, token: str) -> bool:
     """Whether the process that made `token` still runs as `pid` (not a zombie, not a reused pid)."""
     if not _pid_alive(pid):
         return False
-    stat_ = _proc_stat(pid)
-    if stat_ is None:
+    found = _proc_stat(pid)
+    if found is None:
         return True  # not Linux: the pid alone has to do
-    state, started = stat_
+    state, started = found
     if state in ("Z", "X"):
         return False  # exited; its parent has not reaped it yet
     _, at, mark = token.rpartition("@")

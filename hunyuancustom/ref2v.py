@@ -423,20 +423,32 @@ def free_destination(journal: Journal, dest: Path, own_row: int, reporter: Repor
     job of the journal (and still holds it); then the first of `name-2.mp4`, `name-3.mp4`, ...
     that does not exist (or already holds this job's own video). A paid result is never
     overwritten, and the caller reports the path actually used."""
-    owner = journal.owner_of_file(dest)
-    if owner is None or owner.id == own_row:
-        return dest
+    try:
+        owner = journal.owner_of_file(dest)
+    except JournalError as e:  # cannot tell whose the file is: keep it, whoever's it is
+        log.warning("[HunyuanCustom] %s", e)
+        if not dest.exists():
+            return dest
+        owner = None
+    else:
+        if owner is None or owner.id == own_row:
+            return dest
     n = 2
     while True:
         candidate = dest.with_name(f"{dest.stem}-{n}{dest.suffix}")
         if not candidate.exists():
             break
-        other = journal.owner_of_file(candidate)
+        try:
+            other = journal.owner_of_file(candidate)
+        except JournalError:
+            other = None
         if other is not None and other.id == own_row:
             break
         n += 1
-    reporter.status(f"{dest.name} holds the saved video of journal job {owner.id} (task "
-                    f"{owner.task_id}); not overwritten: this video goes to {candidate.name}")
+    whose = (f"the saved video of journal job {owner.id} (task {owner.task_id})" if owner
+             else "a file the unreadable journal may record as a saved video")
+    reporter.status(f"{dest.name} holds {whose}; not overwritten: this video goes to "
+                    f"{candidate.name}")
     return candidate
 
 
