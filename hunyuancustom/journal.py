@@ -14,8 +14,14 @@ gave one). The seed is part of it, so `seed = -1` rows identify "this request, r
 
 Several processes may share the file (two ComfyUIs, the CLI): every read-decide-write is one
 `BEGIN IMMEDIATE` transaction, so SQLite lets one writer in at a time. A row being worked on is
-claimed by its process (pid, host and a per-process token); a claim whose process died, or that
-has not been refreshed for `STALE_CLAIM_S`, may be taken over. The API key is never stored.
+claimed by its process (pid, host and a per-process token). On this machine a claim stands exactly
+as long as its process lives, however long an upload or a Retry-After wait keeps it from refreshing
+the heartbeat; a claim of another machine stands until it has not been refreshed for
+`STALE_CLAIM_S`. A job writes its row only while it still holds the claim (`update_owned`), so a
+job whose claim was taken over never submits. The API key is never stored.
+
+Each saved video is recorded with its size and sha256, so a file that has since been deleted or
+replaced (another job's video under the same name) is never served as this job's result.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 import sys
 import threading
 import time
@@ -38,9 +45,12 @@ from .config import data_dir
 from .errors import ConfigError
 
 JOURNAL_FILE_NAME = "jobs.sqlite3"
-SCHEMA_VERSION = 2  # 2: jobs.api_base
-STALE_CLAIM_S = 300.0  # a claim not refreshed for this long is abandoned (hung or remote process)
-HEARTBEAT_S = 30.0  # how often a waiting job refreshes its claim
+SCHEMA_VERSION = 3  # 2: jobs.api_base; 3: jobs.output_size, jobs.output_sha256
+# A claim of another machine not refreshed for this long is abandoned (hung, or gone). Claims of
+# this machine are judged by their process instead. Module attributes, read at each use: a test's
+# child process may shorten them.
+STALE_CLAIM_S = 300.0
+HEARTBEAT_S = 30.0  # how often a job refreshes its claim (while polling, uploading or waiting)
 
 # Local statuses. A task exists at the provider from "submitting" (maybe) / "created" on.
 UPLOADING = "uploading"  # row reserved; nothing submitted yet
@@ -54,7 +64,25 @@ EXPIRED = "expired"  # completed, but the output URL expired before we saved it
 ABANDONED = "abandoned"  # an uncertain row the user chose to move past (force new)
 FINISHED = (DOWNLOADED, FAILED, REJECTED, EXPIRED, ABANDONED)  # nothing left to resume or pay
 
-_PROCESS_TOKEN = uuid.uuid4().hex  # tells this process apart from an earlier one with the same pid
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks) of a process from Linux's /proc; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rpartition(")")[2].split()  # the name may hold spaces and ")"
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _start_mark() -> str:
+    mine = _proc_stat(os.getpid())
+    return f"@{mine[1]}" if mine else ""
+
+
+# Tells this process apart from an earlier one with the same pid. On Linux it ends in the
+# process's start time, so a pid reused by an unrelated program does not keep a dead claim alive.
+_PROCESS_TOKEN = uuid.uuid4().hex + _start_mark()
 # The rows this process holds, by (journal file, row id). For its own claims the process knows the
 # truth, whatever a failed release write left in the file.
 _HELD: set[tuple[str, int]] = set()
@@ -85,11 +113,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     owner_pid INTEGER,
     owner_token TEXT,
     heartbeat_at REAL,
-    api_base TEXT
+    api_base TEXT,
+    output_size INTEGER,
+    output_sha256 TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint, status);
 CREATE INDEX IF NOT EXISTS jobs_task ON jobs (task_id);
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, batch_index);
+CREATE INDEX IF NOT EXISTS jobs_output ON jobs (output_path);
 CREATE TABLE IF NOT EXISTS uploads (
     sha256 TEXT NOT NULL,
     api_base TEXT NOT NULL,
@@ -111,6 +142,8 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 CREATE INDEX IF NOT EXISTS batches_key ON batches (batch_key, status);
 """
+# Columns added after version 1, in order: (name, SQL type).
+_ADDED_COLUMNS = (("api_base", "TEXT"), ("output_size", "INTEGER"), ("output_sha256", "TEXT"))
 
 
 class JournalError(ConfigError):
@@ -126,6 +159,17 @@ def canonical_json(obj: Any) -> str:
 
 def content_ref(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def file_identity(path: str | Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a file's content: what a saved video is recorded as."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def fingerprint(model_id: str, body: dict[str, Any], image_ref: str) -> tuple[str, str]:
@@ -166,6 +210,8 @@ class JobRow:
     owner_token: str | None = None
     heartbeat_at: float | None = None
     api_base: str | None = None  # the API root the task was submitted to (where it can be polled)
+    output_size: int | None = None  # what the saved video at output_path was when it was saved;
+    output_sha256: str | None = None  # None: saved before journal version 3 (nothing recorded)
 
     @classmethod
     def from_sql(cls, row: sqlite3.Row) -> JobRow:
@@ -176,7 +222,27 @@ class JobRow:
 
     @property
     def has_video(self) -> bool:
-        return self.status == DOWNLOADED and bool(self.output_path) and Path(self.output_path).is_file()
+        """Whether the saved video looks present: the file exists with its recorded size. Only a
+        cheap check (it runs inside the journal's write lock); `video_matches` reads the content."""
+        if self.status != DOWNLOADED or not self.output_path:
+            return False
+        try:
+            st = os.stat(self.output_path)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and self.output_size in (None, st.st_size)
+
+    def video_matches(self) -> bool | None:
+        """Whether the file at output_path is still the video this row saved: True, False (gone or
+        other content), or None when nothing was recorded (saved before journal version 3)."""
+        if not self.has_video:
+            return False
+        if self.output_sha256 is None:
+            return None
+        try:
+            return file_identity(self.output_path) == (self.output_size, self.output_sha256)
+        except OSError:
+            return False
 
     def summary(self) -> dict[str, Any]:
         """What `jobs` shows: no owner bookkeeping, nothing secret (the journal holds no key)."""
@@ -187,6 +253,7 @@ class JobRow:
             "output_path": self.output_path, "output_url": self.output_url, "error": self.error,
             "request": self.request, "image": self.image_ref, "fingerprint": self.fingerprint,
             "batch_id": self.batch_id, "batch_index": self.batch_index, "api_base": self.api_base,
+            "output_size": self.output_size, "output_sha256": self.output_sha256,
         }
 
 
@@ -235,18 +302,38 @@ def _claim_is_live(host: str | None, pid: int | None, token: str | None, heartbe
         return False
     if token == _PROCESS_TOKEN:
         return True  # another run of this very process holds it
+    if host == _HOST and pid is not None:
+        # On this machine the process table is the truth, whatever the heartbeat: a live owner may
+        # be in a long upload or Retry-After wait, and taking its job over would pay twice.
+        # Same pid but another token: an earlier process (e.g. a restarted container) - dead.
+        return pid != os.getpid() and _process_alive(pid, token)
     if heartbeat is not None and now - heartbeat > STALE_CLAIM_S:
         return False
-    if host == _HOST and pid is not None:
-        # Same pid but another token: an earlier process (e.g. a restarted container) - dead.
-        return pid != os.getpid() and _pid_alive(pid)
     return True  # another machine sharing the folder, recently alive
+
+
+def _process_alive(pid: int, token: str) -> bool:
+    """Whether the process that made `token` still runs as `pid` (not a zombie, not a reused pid)."""
+    if not _pid_alive(pid):
+        return False
+    found = _proc_stat(pid)
+    if found is None:
+        return True  # not Linux: the pid alone has to do
+    state, started = found
+    if state in ("Z", "X"):
+        return False  # exited; its parent has not reaped it yet
+    _, at, mark = token.rpartition("@")
+    return not at or mark == started
+
+
+_NO_OWNER = {"owner_host": None, "owner_pid": None, "owner_token": None, "heartbeat_at": None}
 
 
 class Decision(NamedTuple):
     """What `Journal.acquire` found for a request.
 
     kind: "cached" (row has the saved video), "resume" (a pending task, now claimed by us),
+    "refetch" (a finished task whose saved video is gone, now claimed by us to fetch it again),
     "busy" (the same fixed-seed request is being run by a live job: wait and ask again),
     "uncertain" (an earlier submit's answer was lost) or "new" (a fresh row, claimed by us).
     """
@@ -307,9 +394,12 @@ class Journal:
                     for stmt in _SCHEMA.split(";"):
                         if stmt.strip():
                             c.execute(stmt)
+                    # An older journal is upgraded in place and keeps its rows: version 1 lacks
+                    # api_base, versions 1 and 2 the saved video's identity (left NULL: unknown).
                     columns = {r[1] for r in c.execute("PRAGMA table_info(jobs)")}
-                    if "api_base" not in columns:  # a version-1 journal: keep its rows
-                        c.execute("ALTER TABLE jobs ADD COLUMN api_base TEXT")
+                    for name, kind in _ADDED_COLUMNS:
+                        if name not in columns:
+                            c.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
                     c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 c.execute("SELECT count(*) FROM jobs").fetchone()  # a damaged file fails here
 
@@ -411,11 +501,12 @@ class Journal:
                 found = self._find(c, fp, seed, batch, now)
                 if found is not None:
                     kind, row = found
-                    if kind == "resume":
+                    if kind in ("resume", "refetch"):
                         c.execute("UPDATE jobs SET owner_host=?, owner_pid=?, owner_token=?, "
                                   "heartbeat_at=?, updated_at=? WHERE id=?",
                                   (*self._owner(now), now, row.id))
                         _HELD.add(self._held_key(row.id))
+                        row = self._row(c, row.id)
                     return Decision(kind, row)
             else:
                 c.execute("UPDATE jobs SET status=?, updated_at=? WHERE fingerprint=? AND status=?",
@@ -443,6 +534,7 @@ class Journal:
             slot = [r for r in rows if (r.batch_id, r.batch_index) == batch]
             rows = slot + [r for r in rows if r not in slot]
         fixed = seed != -1
+        refetch: JobRow | None = None
         for row in rows:
             own_slot = batch is not None and (row.batch_id, row.batch_index) == batch
             if row.owner_token == _PROCESS_TOKEN:
@@ -451,8 +543,16 @@ class Journal:
                 live = _claim_is_live(row.owner_host, row.owner_pid, row.owner_token,
                                       row.heartbeat_at, now)
             if row.status == DOWNLOADED:
-                if (fixed or own_slot) and row.has_video:
+                if not (fixed or own_slot):
+                    continue
+                if row.has_video:
                     return "cached", row
+                # Paid for, but its saved video is gone: fetch it again from the same task (after
+                # looking for another saved copy of this request, which costs nothing).
+                if row.task_id and live and fixed:
+                    return "busy", row
+                if row.task_id and not live and refetch is None:
+                    refetch = row
                 continue
             if row.status in PENDING and row.task_id:
                 if not live:
@@ -465,16 +565,21 @@ class Journal:
                     if fixed:
                         return "busy", row
                     continue
+                # Taken from its owner: the owner's later writes (`update_owned`) are refused, so
+                # it cannot submit or record anything in this row any more.
                 if row.status == SUBMITTING:
-                    self._set(c, row.id, now, status=UNCERTAIN, error=(
+                    self._set(c, row.id, now, status=UNCERTAIN, **_NO_OWNER, error=(
                         "The process that submitted this job stopped before the answer was "
                         "recorded; the task may or may not exist."))
                     row = self._row(c, row.id)
                     return "uncertain", row
-                self._set(c, row.id, now, status=ABANDONED, error="stopped before the submit")
+                self._set(c, row.id, now, status=ABANDONED, **_NO_OWNER,
+                          error="stopped before the submit")
                 continue
             if row.status == UNCERTAIN:
                 return "uncertain", row
+        if refetch is not None:
+            return "refetch", refetch
         return None
 
     @staticmethod
@@ -483,30 +588,110 @@ class Journal:
         return JobRow.from_sql(r)
 
     @staticmethod
-    def _set(c: sqlite3.Connection, row_id: int, now: float, **values: Any) -> None:
+    def _set(c: sqlite3.Connection, row_id: int, now: float, *, where: str = "", where_args: tuple = (),
+             **values: Any) -> bool:
+        """Set columns of row `row_id` if it also meets `where`; whether it did."""
         cols = ", ".join(f"{k} = ?" for k in values)
-        c.execute(f"UPDATE jobs SET {cols}, updated_at = ? WHERE id = ?",  # noqa: S608 (our names)
-                  (*values.values(), now, row_id))
+        cur = c.execute(f"UPDATE jobs SET {cols}, updated_at = ? WHERE id = ?{where}",  # noqa: S608 (our names)
+                        (*values.values(), now, row_id, *where_args))
+        return cur.rowcount > 0
 
-    def update(self, row_id: int, *, release: bool = False, **values: Any) -> None:
-        """Set columns of a row (`info` may be a dict); `release` drops this process's claim."""
-        now = time.time()
+    @staticmethod
+    def _values(values: dict[str, Any], release: bool, now: float) -> dict[str, Any]:
         if "info" in values and isinstance(values["info"], dict):
             values["info"] = canonical_json(values["info"])
         if release:
-            _HELD.discard(self._held_key(row_id))  # first: released even if the write below fails
-            values.update(owner_host=None, owner_pid=None, owner_token=None, heartbeat_at=None)
+            values.update(_NO_OWNER)
         elif values.get("status") in (*PENDING, SUBMITTING, UPLOADING):
             values["heartbeat_at"] = now
+        return values
+
+    def update(self, row_id: int, *, release: bool = False, **values: Any) -> None:
+        """Set columns of a row whoever holds it (`info` may be a dict); `release` drops this
+        process's claim. For the user's own commands (`jobs abandon`); a job uses `update_owned`."""
+        now = time.time()
+        if release:
+            _HELD.discard(self._held_key(row_id))  # first: released even if the write below fails
+        values = self._values(values, release, now)
         with self._guard("be updated"), self._tx() as c:
             self._set(c, row_id, now, **values)
 
-    def heartbeat(self, row_id: int) -> None:
-        self.update(row_id, heartbeat_at=time.time())
+    def update_owned(self, row_id: int, *, release: bool = False, expect_status: str | None = None,
+                     **values: Any) -> bool:
+        """Set columns of a row this process still holds (and, with `expect_status`, that still has
+        that status), checked and written in one transaction; False, writing nothing, when another
+        process has taken the row over. `release` drops the claim."""
+        now = time.time()
+        if release:
+            _HELD.discard(self._held_key(row_id))  # first: released even if the write below fails
+        values = self._values(values, release, now)
+        where, args = " AND owner_token = ?", (_PROCESS_TOKEN,)
+        if expect_status is not None:
+            where, args = where + " AND status = ?", (*args, expect_status)
+        with self._guard("be updated"), self._tx() as c:
+            return self._set(c, row_id, now, where=where, where_args=args, **values)
+
+    def heartbeat(self, row_id: int) -> bool:
+        """Refresh this process's claim on a row; False when it no longer holds it."""
+        return self.update_owned(row_id, heartbeat_at=time.time())
 
     def delete(self, row_id: int) -> None:
         _HELD.discard(self._held_key(row_id))
         self._write("be updated", "DELETE FROM jobs WHERE id = ?", (row_id,))
+
+    def delete_owned(self, row_id: int) -> bool:
+        """Delete a row this process still holds (never one another process took over)."""
+        _HELD.discard(self._held_key(row_id))
+        with self._guard("be updated"), self._tx() as c:
+            cur = c.execute("DELETE FROM jobs WHERE id = ? AND owner_token = ?", (row_id, _PROCESS_TOKEN))
+            return cur.rowcount > 0
+
+    # --- saved videos ---
+
+    def forget_video(self, row: JobRow, why: str) -> bool:
+        """The file at a row's output_path is no longer its video (deleted, damaged, or another
+        job's video under the same name): drop the path, so the row's task is fetched again
+        and the file is not counted as this row's. Only if nothing changed the row meanwhile."""
+        now = time.time()
+        with self._guard("be updated"), self._tx() as c:
+            return self._set(c, row.id, now, where=" AND status = ? AND output_path IS ?",
+                             where_args=(DOWNLOADED, row.output_path), output_path=None,
+                             output_size=None, output_sha256=None, error=why)
+
+    def adopt_video(self, row: JobRow, size: int, sha256: str) -> bool:
+        """Record the identity of a video saved before journal version 3 (nothing recorded)."""
+        now = time.time()
+        with self._guard("be updated"), self._tx() as c:
+            return self._set(c, row.id, now, where=" AND status = ? AND output_path IS ? AND "
+                             "output_sha256 IS NULL", where_args=(DOWNLOADED, row.output_path),
+                             output_size=size, output_sha256=sha256)
+
+    def saved_at(self, path: str | Path) -> list[JobRow]:
+        """The rows whose saved video is recorded at `path` (resolved), newest first."""
+        with self._guard("be read"), self._lock:
+            return [JobRow.from_sql(r) for r in self._conn.execute(
+                "SELECT * FROM jobs WHERE output_path = ? AND status = ? ORDER BY id DESC",
+                (str(Path(path).resolve()), DOWNLOADED))]
+
+    def owner_of_file(self, path: str | Path) -> JobRow | None:
+        """The row whose saved video the file at `path` is, or None: a row with a recorded
+        identity that the file's content matches, or, for videos saved before version 3, the
+        newest row naming the path (it was written last)."""
+        rows = self.saved_at(path)
+        if not rows:
+            return None
+        try:
+            have = file_identity(path)
+        except OSError:
+            return None  # no file there: nothing to protect
+        for row in rows:
+            if row.output_sha256 is None:
+                if row is rows[0]:
+                    return row
+                continue
+            if (row.output_size, row.output_sha256) == have:
+                return row
+        return None
 
     # --- reading ---
 

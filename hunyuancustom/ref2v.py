@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import torch
 
+from . import journal as journal_module
 from .atomic import check_writable_dir, replacing
 from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings
@@ -40,16 +41,17 @@ from .journal import (
     DOWNLOADED,
     EXPIRED,
     FAILED,
-    HEARTBEAT_S,
     PENDING,
     REJECTED,
     SUBMITTING,
     UNCERTAIN,
+    UPLOADING,
     Decision,
     JobRow,
     Journal,
     JournalError,
     content_ref,
+    file_identity,
     fingerprint,
 )
 from .params import CloudModel, validate_request
@@ -164,18 +166,37 @@ def run_ref2v(
                                  settings.max_decoded_bytes)
             if cached is not None:
                 return cached
-            continue  # the saved file was damaged: its task is fetched again, decide anew
-        job = _Job(journal, decision.row, resumed=decision.kind == "resume")
+            continue  # the saved file is not its video any more: its task is fetched again
+        job = _Job(journal, decision.row, resumed=decision.kind in ("resume", "refetch"),
+                   refetch=decision.kind == "refetch")
         try:
             return _run(model, image, body, dest, reporter, settings, api_key, decode, options, job)
-        except _TaskGone:
-            continue  # that task no longer exists: nothing to pay twice for, decide again
+        except _TaskGone as gone:
+            # That task's video can no longer be had: nothing to pay twice for, decide again.
+            if gone.note:
+                reporter.status(gone.note)
+            continue
+        except _ClaimLost:
+            # Another process took this job over before our submit (and we did not submit):
+            # its task serves this request, or the journal says what to do next.
+            reporter.status(f"Journal job {job.row.id} was taken over by another process before "
+                            "the submit; not submitted here")
+            continue
         finally:
             job.release()
 
 
 class _TaskGone(Exception):
-    """A task recorded as pending is unknown to the provider (404): it can never be resumed."""
+    """A recorded task's video can no longer be had: the provider does not know the task (404),
+    or, when fetching a saved video again, its output has expired."""
+
+    def __init__(self, note: str = ""):
+        super().__init__(note)
+        self.note = note  # the status line that says what happens next
+
+
+class _ClaimLost(Exception):
+    """This job's journal row was taken over by another process before the submit."""
 
 
 def _decide(journal: Journal, fp: str, model: CloudModel, request: str, image_ref: str, seed: int,
@@ -204,39 +225,88 @@ def _uncertain_message(row: JobRow, journal: Journal) -> str:
 
 class _Job:
     """The journal row of a running job. Writes before the submit must succeed; writes after it
-    are best effort, because by then the task is paid for and its video matters more."""
+    are best effort, because by then the task is paid for and its video matters more. Every write
+    is made only while this process still holds the row (`Journal.update_owned`)."""
 
-    def __init__(self, journal: Journal, row: JobRow, resumed: bool):
+    def __init__(self, journal: Journal, row: JobRow, resumed: bool, refetch: bool = False):
         self.journal = journal
         self.row = row
         self.resumed = resumed
+        self.refetch = refetch  # a finished task whose saved video is gone, fetched again
         self.held = True
+        self.submitted = resumed  # from the SUBMITTING write on, the task may exist
         self.warnings: list[str] = []
         self._beat = time.monotonic()
         self._status = row.status
 
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
+            log.warning("[HunyuanCustom] %s", text)
+
+    def _lost(self) -> None:
+        self.held = False
+        self._warn(f"Journal job {self.row.id} was taken over by another process; this run's "
+                   "result is not recorded there.")
+
     def note(self, release: bool = False, **values: Any) -> None:
         try:
-            self.journal.update(self.row.id, release=release, **values)
-            if release:
+            if not self.held:
+                return
+            if not self.journal.update_owned(self.row.id, release=release, **values):
+                self._lost()
+            elif release:
                 self.held = False
         except JournalError as e:
-            if str(e) not in self.warnings:
-                self.warnings.append(str(e))
-                log.warning("[HunyuanCustom] %s", e)
+            self._warn(str(e))
 
     def pending(self, pred: Prediction) -> None:
         """Record a poll answer: on a status change, and as a heartbeat now and then."""
         status = pred.status if pred.status in PENDING else self._status
-        if status != self._status or time.monotonic() - self._beat > HEARTBEAT_S:
+        if status != self._status or time.monotonic() - self._beat > journal_module.HEARTBEAT_S:
             self._status = status
             self._beat = time.monotonic()
             self.note(status=status)
+
+    def keepalive(self) -> None:
+        """Refresh the claim now and then during uploads, downloads and Retry-After waits, so no
+        process takes over a job that is alive. A claim lost before the submit stops the job."""
+        if not self.held or time.monotonic() - self._beat <= journal_module.HEARTBEAT_S:
+            return
+        self._beat = time.monotonic()
+        try:
+            still_held = self.journal.heartbeat(self.row.id)
+        except JournalError as e:
+            self._warn(str(e))  # the SUBMITTING write checks the claim again
+            return
+        if not still_held:
+            self._lost()
+            if not self.submitted:
+                raise _ClaimLost()
 
     def release(self) -> None:
         if self.held:
             self.note(release=True)
             self.held = False
+
+
+class _KeepAlive:
+    """The job's reporter as the client sees it: each Cancel check (every tick of every wait and
+    transfer) also refreshes the job's claim when it is due."""
+
+    def __init__(self, inner: Reporter, job: _Job):
+        self.inner = inner
+        self.job = job
+
+    def status(self, text: str) -> None:
+        self.inner.status(text)
+
+    def progress(self, fraction: float) -> None:
+        self.inner.progress(fraction)
+
+    def check_interrupt(self) -> None:
+        self.inner.check_interrupt()
+        self.job.keepalive()
 
 
 def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path, reporter: Reporter,
@@ -245,19 +315,11 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
     resumed = job is not None and job.resumed
     # A task is polled where it was submitted, whatever the settings say now.
     api_base = (job.row.api_base if resumed else None) or settings.api_base
-    with WaveSpeedClient(api_key, api_base, reporter=reporter,
+    client_reporter = _KeepAlive(reporter, job) if job is not None else reporter
+    with WaveSpeedClient(api_key, api_base, reporter=client_reporter,
                          options=options or ClientOptions()) as client:
         if resumed:
-            where = "" if api_base == settings.api_base.rstrip("/") else f" at {api_base}"
-            reporter.status(f"Resuming task {job.row.task_id}{where} (submitted earlier; not "
-                            "submitted again)")
-            reporter.progress(0.05)
-            try:
-                pred = client.result(job.row.task_id)
-            except TaskNotFoundError as e:  # the API itself says so, not a proxy's 404 page
-                job.note(release=True, status=EXPIRED, error=f"The provider no longer knows this "
-                         f"task ({e}); it cannot be resumed.")
-                raise _TaskGone() from None
+            pred = _resume(client, job, settings, reporter)
         else:
             pred = _upload_and_submit(client, model, image, body, reporter, settings, job)
         reporter.status(status_line(pred, 0))
@@ -301,16 +363,21 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
         if job is not None:
             job.note(status="completed", output_url=url, inference_ms=pred.inference_ms,
                      info=pred.info(), finished_at=time.time())
+            dest = free_destination(job.journal, dest, job.row.id, reporter)
         reporter.status(("NSFW flagged · " if pred.nsfw else "") + "Downloading video")
         try:
             info = client.download(url, dest, max_bytes=settings.max_download_bytes, task_id=pred.id)
         except OutputExpiredError as e:
             if job is not None:
                 job.note(release=True, status=EXPIRED, error=str(e))
+                if job.refetch:
+                    raise _TaskGone(_paying_again(job, "its output has expired")) from None
             raise
     if job is not None:
-        # The video is on disk: a failing journal write must not cost it (it only warns).
-        job.note(release=True, status=DOWNLOADED, output_path=str(dest.resolve()))
+        # The video is on disk: a failing journal write must not cost it (it only warns). What it
+        # is (size, sha256) is recorded, so a file put there later is never served as this task.
+        job.note(release=True, status=DOWNLOADED, output_path=str(dest.resolve()), error=None,
+                 **_identity(dest))
 
     frames = None
     if decode:
@@ -326,10 +393,79 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
     extra: dict[str, Any] = {"source": source, "billed": source == "new"}
     if job is not None:
         extra["journal_id"] = job.row.id
+        if job.refetch:
+            extra["refetched"] = True
         if job.warnings:
             extra["journal_warning"] = job.warnings[-1]
     return Ref2VResult(video_path=dest, fps=info.fps, url=url, prediction=pred, frames=frames,
                        extra=extra)
+
+
+def _resume(client: WaveSpeedClient, job: _Job, settings: Settings, reporter: Reporter) -> Prediction:
+    """The first poll of a task submitted earlier (pending, or finished with its video gone)."""
+    task_id = job.row.task_id
+    where = "" if client.api_base == settings.api_base.rstrip("/") else f" at {client.api_base}"
+    if job.refetch:
+        reporter.status(f"Fetching the video of task {task_id}{where} again: its saved file "
+                        "is gone or was replaced (not submitted again, not billed again)")
+    else:
+        reporter.status(f"Resuming task {task_id}{where} (submitted earlier; not submitted again)")
+    reporter.progress(0.05)
+    try:
+        return client.result(task_id)
+    except TaskNotFoundError as e:  # the API itself says so, not a proxy's 404 page
+        job.note(release=True, status=EXPIRED, error=f"The provider no longer knows this task "
+                 f"({e}); it cannot be resumed.")
+        raise _TaskGone(_paying_again(job, "the provider no longer knows it")
+                        if job.refetch else "") from None
+
+
+def _paying_again(job: _Job, why: str) -> str:
+    return (f"The saved video of task {job.row.task_id} is gone and {why}: submitting a new task "
+            "(billed again)")
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    """The output_size / output_sha256 columns of a saved video (empty if it cannot be read)."""
+    try:
+        size, sha = file_identity(path)
+    except OSError:
+        return {}
+    return {"output_size": size, "output_sha256": sha}
+
+
+def free_destination(journal: Journal, dest: Path, own_row: int, reporter: Reporter) -> Path:
+    """Where a job may write its video: `dest`, unless that file is the saved video of another
+    job of the journal (and still holds it); then the first of `name-2.mp4`, `name-3.mp4`, ...
+    that does not exist (or already holds this job's own video). A paid result is never
+    overwritten, and the caller reports the path actually used."""
+    try:
+        owner = journal.owner_of_file(dest)
+    except JournalError as e:  # cannot tell whose the file is: keep it, whoever's it is
+        log.warning("[HunyuanCustom] %s", e)
+        if not dest.exists():
+            return dest
+        owner = None
+    else:
+        if owner is None or owner.id == own_row:
+            return dest
+    n = 2
+    while True:
+        candidate = dest.with_name(f"{dest.stem}-{n}{dest.suffix}")
+        if not candidate.exists():
+            break
+        try:
+            other = journal.owner_of_file(candidate)
+        except JournalError:
+            other = None
+        if other is not None and other.id == own_row:
+            break
+        n += 1
+    whose = (f"the saved video of journal job {owner.id} (task {owner.task_id})" if owner
+             else "a file the unreadable journal may record as a saved video")
+    reporter.status(f"{dest.name} holds {whose}; not overwritten: this video goes to "
+                    f"{candidate.name}")
+    return candidate
 
 
 def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageInput,
@@ -343,13 +479,19 @@ def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageI
             reporter.progress(0.01)
             body["image"] = _upload(client, image, settings, job)
         reporter.progress(0.05)
-        # Recorded before the POST: a crash from here on leaves a row that says so.
+        # Recorded before the POST: a crash from here on leaves a row that says so. Checked and
+        # written in one transaction: a job whose row another process took over (it thought this
+        # one dead) must not submit, or both would pay.
         if job is not None:
-            job.journal.update(job.row.id, status=SUBMITTING, api_base=client.api_base)
+            job.submitted = True
+            if not job.journal.update_owned(job.row.id, expect_status=UPLOADING, status=SUBMITTING,
+                                            api_base=client.api_base):
+                job.held = False
+                raise _ClaimLost()
     except BaseException:
-        if job is not None:  # nothing reached the provider: the row would only mislead
+        if job is not None and job.held:  # nothing reached the provider: the row would mislead
             try:
-                job.journal.delete(job.row.id)
+                job.journal.delete_owned(job.row.id)  # never a row another process took over
                 job.held = False
             except JournalError:
                 pass
@@ -405,17 +547,25 @@ def _upload(client: WaveSpeedClient, image: ImageInput, settings: Settings, job:
 def _from_cache(journal: Journal, row: JobRow, dest: Path, decode: bool, cache_copy: bool,
                 reporter: Reporter, max_decoded_bytes: int) -> Ref2VResult | None:
     """The saved video of an earlier identical job: no request, not even for the key. None when
-    that file no longer decodes: the row then says its task's video must be fetched again."""
+    the file is no longer that video (deleted, damaged, or another job's video under its name):
+    the row then says its task's video must be fetched again."""
     path = Path(row.output_path)
-    try:
-        vinfo = probe(path)
-    except DownloadError as e:
-        journal.update(row.id, status="completed", output_path=None,
-                       error=f"The saved video no longer decodes ({e}); it is fetched again.")
-        reporter.status(f"The saved video of task {row.task_id} is damaged; fetching it again")
+    wrong = _not_its_video(journal, row)
+    vinfo = None
+    if wrong is None:
+        try:
+            vinfo = probe(path)
+        except DownloadError as e:
+            wrong = f"no longer decodes ({e})"
+    if wrong is not None:
+        journal.forget_video(row, f"The saved video {path} {wrong}; it is fetched again.")
+        reporter.status(f"The saved video of task {row.task_id} {wrong.split(' (')[0]}; fetching "
+                        "it again")
         return None
     if cache_copy and dest.resolve() != path.resolve():
-        copy_atomic(path, dest)
+        dest = free_destination(journal, dest, row.id, reporter)
+        if dest.resolve() != path.resolve():
+            copy_atomic(path, dest)
         path = dest
     pred = Prediction(id=row.task_id or "", model=row.model, status="completed",
                       outputs=(row.output_url,) if row.output_url else (),
@@ -430,6 +580,24 @@ def _from_cache(journal: Journal, row: JobRow, dest: Path, decode: bool, cache_c
     reporter.status(f"Cached · {billing_note('cache', row.task_id)}")
     return Ref2VResult(video_path=path, fps=vinfo.fps, url=row.output_url or "", prediction=pred,
                        frames=frames, extra={"source": "cache", "billed": False, "journal_id": row.id})
+
+
+def _not_its_video(journal: Journal, row: JobRow) -> str | None:
+    """Why the file at a row's output_path is not the video the row saved, or None if it is."""
+    matches = row.video_matches()
+    if matches:
+        return None
+    if matches is False:
+        return "is gone" if not row.has_video else "was replaced by another file"
+    # Saved before its identity was recorded: the file is the row's unless a newer job has
+    # since saved its own video under the same name. Then it is adopted (recorded) as it is.
+    newest = journal.saved_at(row.output_path)
+    if newest and newest[0].id != row.id:
+        return f"was overwritten by the video of journal job {newest[0].id}"
+    identity = _identity(Path(row.output_path))
+    if identity:
+        journal.adopt_video(row, identity["output_size"], identity["output_sha256"])
+    return None
 
 
 def _unusable_output_url(url: str) -> str | None:

@@ -300,6 +300,33 @@ def test_cache_hit_after_a_comfyui_restart_makes_no_request(comfy, api):
     assert decode_frames(comfy.output_dir / saved["subfolder"] / saved["filename"])[0].shape[0] > 1
 
 
+def clear_output_folder(comfy):
+    for child in comfy.output_dir.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def test_a_cleared_output_folder_never_makes_the_node_show_another_videos_as_cached(comfy, api):
+    """ComfyUI's numbering restarts in a cleared output folder, so a later job saves under an
+    earlier job's old name. Running the earlier job again must show its own video (fetched again
+    from its task, not billed again), never the later job's file as its "saved result"."""
+    api.set_scenario(Scenario(api_key=SECRET, processing_polls=0, distinct_videos=True))
+    clear_output_folder(comfy)
+    a = comfy.wait(comfy.queue(graph(seed=61, prompt="Person A waves.")))["outputs"]["2"]
+    clear_output_folder(comfy)
+    b = comfy.wait(comfy.queue(graph(seed=61, prompt="Person B dances.")))["outputs"]["2"]
+    assert b["images"][0]["filename"] == a["images"][0]["filename"]  # B got A's old name
+    again = comfy.wait(comfy.queue(graph(seed=61, prompt="Person A waves.")))["outputs"]["2"]
+    info = again["hunyuancustom"][0]
+    a_task, b_task = a["hunyuancustom"][0]["task_id"], b["hunyuancustom"][0]["task_id"]
+    assert info["task_id"] == a_task and info["source"] == "resumed"  # fetched, not "cache"
+    assert api.stats()["submits"] == 2
+    shown = again["images"][0]
+    shown_path = comfy.output_dir / shown["subfolder"] / shown["filename"]
+    assert shown_path.read_bytes() == api.task_video(a_task).read_bytes()
+    b_path = comfy.output_dir / b["images"][0]["subfolder"] / b["images"][0]["filename"]
+    assert b_path.read_bytes() == api.task_video(b_task).read_bytes()  # B's video untouched
+
+
 def test_live_status_reaches_the_front_end_and_ends_with_the_result(comfy, api):
     """What js/hunyuancustom.js draws, as the browser receives it over the websocket: a status
     event at every poll with the phase and a rising progress, then the node's result."""

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,91 @@ def test_a_claim_of_a_killed_process_is_taken_over(tmp_path):
         child.wait()  # reaped: a zombie would still count as alive
         d = acquire(j, fp="a" * 64)
         assert d.kind == "resume" and d.row.task_id == "task-of-the-dead"
+
+
+def claim_in_child(path, fp):
+    child = python("""
+        import sys
+        from hunyuancustom.journal import Journal
+        j = Journal(sys.argv[1])
+        d = j.acquire(sys.argv[2], model="m", request="{}", image_ref="r", seed=5)
+        j.update(d.row.id, status="processing", task_id="task-of-the-child")
+        print("CLAIMED", flush=True)
+        sys.stdin.readline()
+        """, path, fp, stdin=subprocess.PIPE)
+    assert child.stdout.readline().strip() == "CLAIMED"
+    return child
+
+
+def test_a_claim_on_this_machine_stands_while_its_process_lives_however_old_its_heartbeat(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    child = claim_in_child(path, "h" * 64)
+    try:
+        with sqlite3.connect(path) as c:  # an hour in a slow upload or Retry-After wait
+            c.execute("UPDATE jobs SET heartbeat_at = heartbeat_at - 3600")
+        c.close()
+        with Journal(path) as j:
+            assert acquire(j, fp="h" * 64).kind == "busy"
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times: Linux /proc")
+def test_a_pid_now_used_by_another_process_does_not_keep_a_claim(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    child = claim_in_child(path, "p" * 64)
+    try:
+        # The same pid, but a process started at another time: the claim's process is gone.
+        with sqlite3.connect(path) as c:
+            token = c.execute("SELECT owner_token FROM jobs").fetchone()[0]
+            base, _, started = token.rpartition("@")
+            assert base and started.isdigit()
+            c.execute("UPDATE jobs SET owner_token = ?", (f"{base}@{int(started) + 1}",))
+        c.close()
+        with Journal(path) as j:
+            d = acquire(j, fp="p" * 64)
+            assert d.kind == "resume" and d.row.task_id == "task-of-the-child"
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process states: Linux /proc")
+def test_a_claim_of_an_exited_but_unreaped_process_is_taken_over(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    child = claim_in_child(path, "z" * 64)
+    child.stdin.close()  # it exits; not reaped, it stays in the process table as a zombie
+    stat = Path(f"/proc/{child.pid}/stat")
+    deadline = time.monotonic() + 30
+    while stat.read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    try:
+        with Journal(path) as j:
+            assert acquire(j, fp="z" * 64).kind == "resume"
+    finally:
+        child.wait()
+
+
+def test_writes_of_a_job_whose_row_was_taken_over_are_refused(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    with Journal(path) as j:
+        mine = acquire(j).row
+        # Another process takes the row over (what acquire does to a claim it finds dead).
+        with sqlite3.connect(path) as c:
+            c.execute("UPDATE jobs SET owner_token = 'another-process', owner_pid = 1")
+        c.close()
+        assert not j.update_owned(mine.id, expect_status="uploading", status="submitting")
+        assert not j.heartbeat(mine.id) and not j.update_owned(mine.id, release=True)
+        assert not j.delete_owned(mine.id)
+        row = j.get(mine.id)
+        assert (row.status, row.owner_token) == ("uploading", "another-process")
+        # And a row still held, but no longer in the state the write expects, is not changed.
+        other = acquire(j, fp="o" * 64).row
+        assert j.update_owned(other.id, status="abandoned")
+        assert not j.update_owned(other.id, expect_status="uploading", status="submitting")
+        assert j.get(other.id).status == "abandoned"
 
 
 def test_a_submit_interrupted_by_a_crash_is_reported_as_uncertain(tmp_path):

@@ -137,11 +137,12 @@ def test_force_new_bypasses_the_cache(api, image, tmp_path, fast, journal):
     assert b.extra["source"] == "new"
 
 
-def test_deleted_saved_video_is_not_a_cache_hit(api, image, tmp_path, fast, journal):
-    run(api, image, tmp_path / "a.mp4", fast, journal)
+def test_deleted_saved_video_is_not_a_cache_hit_but_fetched_again(api, image, tmp_path, fast, journal):
+    first = run(api, image, tmp_path / "a.mp4", fast, journal)
     (tmp_path / "a.mp4").unlink()
     again = run(api, image, tmp_path / "b.mp4", fast, journal)
-    assert again.extra["source"] == "new" and (tmp_path / "b.mp4").exists()
+    assert again.extra["source"] == "resumed" and again.prediction.id == first.prediction.id
+    assert (tmp_path / "b.mp4").exists() and len(posts(api)) == 1
 
 
 def test_a_damaged_saved_video_is_fetched_again_from_its_task(api, image, tmp_path, fast, journal):
@@ -152,7 +153,8 @@ def test_a_damaged_saved_video_is_fetched_again_from_its_task(api, image, tmp_pa
     assert again.extra["source"] == "resumed" and again.prediction.id == first.prediction.id
     assert len(posts(api)) == 1 and api.stats()["downloads"] == 2  # fetched, not paid again
     assert probe(tmp_path / "b.mp4").frames > 1
-    assert any("damaged; fetching it again" in s for s in reporter.statuses)
+    assert any(s.startswith(f"Fetching the video of task {first.prediction.id} again")
+               for s in reporter.statuses)
     third = run(api, image, tmp_path / "c.mp4", fast, journal)  # and the cache works again
     assert third.extra["source"] == "cache" and api.stats()["downloads"] == 2
 
@@ -347,8 +349,10 @@ def test_a_task_is_resumed_at_the_api_root_it_was_submitted_to(api, image, tmp_p
 
 def test_a_version_1_journal_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
     path = tmp_path / "jobs.sqlite3"
-    v1 = journal_module._SCHEMA.replace(",\n    api_base TEXT\n", "\n")
-    assert v1 != journal_module._SCHEMA
+    v1 = journal_module._SCHEMA.replace(",\n    api_base TEXT,\n    output_size INTEGER,\n"
+                                        "    output_sha256 TEXT\n", "\n")
+    v1 = v1.replace("CREATE INDEX IF NOT EXISTS jobs_output ON jobs (output_path);\n", "")
+    assert v1 != journal_module._SCHEMA and "output_sha256" not in v1
     with sqlite3.connect(path) as c:
         c.executescript(v1)
         c.execute("INSERT INTO jobs (fingerprint, model, request, image_ref, seed, status, task_id, "

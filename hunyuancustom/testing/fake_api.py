@@ -104,6 +104,12 @@ class Scenario:
     # `release_stalls()` or when the server stops.
     upload_stall_s: float = 0.0
     output_stall_s: float = 0.0
+    # Only the first N media uploads stall (None: every one), so a second client's upload of the
+    # same image goes through while the first is held.
+    upload_stall_first_n: int | None = None
+    # Each task gets its own real MP4 (made at its submit; the n-th such task has 9 + n frames),
+    # so a test can tell whose video a file is (`FakeWaveSpeed.task_video`). Overrides video_path.
+    distinct_videos: bool = False
     # Hostile: the first N output downloads are sent with no Content-Length, cut after half the
     # file, and the connection closed cleanly, so the client sees an ordinary end of body.
     output_cut_no_length_first_n: int = 0
@@ -205,6 +211,9 @@ class FakeWaveSpeed:
         self.errors: list[str] = []  # tracebacks of handler crashes (a test may assert it's empty)
         self._unstall = threading.Event()
         self.stalled = threading.Event()  # set when a transfer enters a stall
+        self._videos_dir: Path | None = None  # distinct task videos, removed on stop()
+        self._distinct_made = 0
+        self._expired: set[str] = set()
         self.set_scenario(scenario or Scenario())
 
     # --- lifecycle ---
@@ -228,6 +237,9 @@ class FakeWaveSpeed:
         httpd.close_connections()  # keep-alive connections would otherwise linger in their threads
         if self._thread is not None:
             self._thread.join(5)
+        if self._videos_dir is not None:
+            shutil.rmtree(self._videos_dir, ignore_errors=True)
+            self._videos_dir = None
 
     def __enter__(self) -> FakeWaveSpeed:
         return self.start()
@@ -273,6 +285,7 @@ class FakeWaveSpeed:
             }
             self._drops_left = new.output_drop_first_n
             self._cuts_left = new.output_cut_no_length_first_n
+            self._upload_stalls_left = new.upload_stall_first_n
             self._unstall.clear()
             self.stalled.clear()
             return new
@@ -280,6 +293,14 @@ class FakeWaveSpeed:
     def release_stalls(self) -> None:
         """End every stall now (see Scenario.upload_stall_s, output_stall_s)."""
         self._unstall.set()
+
+    def _upload_stall(self) -> None:
+        with self._lock:
+            if self._upload_stalls_left is not None:
+                if self._upload_stalls_left <= 0:
+                    return
+                self._upload_stalls_left -= 1
+        self._stall(self.scenario.upload_stall_s)
 
     def _stall(self, seconds: float) -> None:
         if seconds > 0:
@@ -317,6 +338,29 @@ class FakeWaveSpeed:
         with self._lock:
             return list(self._tasks)
 
+    def expire_output(self, task_id: str) -> None:
+        """The provider's storage drops that task's output: its URL answers 404 from now on, while
+        the task itself is still known (as after the provider's retention for outputs)."""
+        with self._lock:
+            self._files.pop(f"{task_id}.mp4", None)
+            self._expired.add(task_id)
+
+    def task_video(self, task_id: str) -> Path:
+        """The MP4 that task serves as its output."""
+        with self._lock:
+            return self._tasks[task_id].video
+
+    def _distinct_video(self) -> Path:
+        """A new MP4, unlike any other this server made (Scenario.distinct_videos)."""
+        with self._lock:
+            if self._videos_dir is None:
+                self._videos_dir = Path(tempfile.mkdtemp(prefix="fake-wavespeed-tasks-"))
+            self._distinct_made += 1
+            n = self._distinct_made
+            folder = self._videos_dir
+        # Encoded outside the lock: other requests go on meanwhile.
+        return make_test_video(folder / f"task-{n}.mp4", frames=9 + n, width=64, height=48)
+
     # --- used by the handler ---
 
     def _record(self, rec: RecordedRequest) -> None:
@@ -344,6 +388,7 @@ class FakeWaveSpeed:
             return _error(400, f"{e.field}: {e.problem}")
         if not clean["image"].startswith(("http://", "https://", "data:")):
             return _error(400, "image: must be a URL (upload local files through media/upload/binary)")
+        own_video = self._distinct_video() if self.scenario.distinct_videos else None
         with self._lock:
             plan = self._scenario
             if plan.fail_if_prompt_contains is not None:
@@ -354,7 +399,8 @@ class FakeWaveSpeed:
                 return _error(402, "Insufficient balance: please top up your account")
             task = _Task(id=uuid.uuid4().hex, model=model.model_id, root=root, body=clean,
                          created_at=_iso_now(), submitted=time.monotonic(), plan=plan,
-                         video=Path(plan.video_path) if plan.video_path else default_video())
+                         video=own_video or (Path(plan.video_path) if plan.video_path
+                                             else default_video()))
             self._tasks[task.id] = task
             self._counts["submits"] += 1
             return 200, _envelope(200, "success", self._task_data(task, "created"))
@@ -384,8 +430,8 @@ class FakeWaveSpeed:
             if pending is not None:
                 return pending
             task.finished = time.monotonic()
-            name = f"{task.id}.mp4"
-            self._files[name] = (task.video, "video/mp4", task.finished)
+            if task.id not in self._expired:
+                self._files[f"{task.id}.mp4"] = (task.video, "video/mp4", task.finished)
         return "failed" if plan.fail_error else "completed"
 
     def _task_data(self, task: _Task, status: str) -> dict[str, Any]:
@@ -583,7 +629,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif endpoint == "result":
             self._send_json(*api._result(m_result.group(1)))
         else:
-            api._stall(api.scenario.upload_stall_s)
+            api._upload_stall()
             self._upload(body)
 
     def _read_body(self) -> bytes:
