@@ -111,6 +111,14 @@ class Scenario:
     # this as timings.inference (e.g. float("nan"), float("inf")).
     output_url: str | None = None
     inference_value: Any = None
+    # Hostile: output downloads answer 302 to the same path under this host name (e.g.
+    # "localhost" for a server reached as 127.0.0.1), so a redirect crosses to another host.
+    output_redirect_host: str | None = None
+    # Hostile: output downloads announce the whole file, then send it one byte every
+    # `output_trickle_interval_s`, for at most `output_trickle_s` seconds, then cut the connection.
+    # Ends early (and cuts) on `release_stalls()` or when the server stops.
+    output_trickle_s: float = 0.0
+    output_trickle_interval_s: float = 0.05
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Scenario:
@@ -658,7 +666,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, _envelope(200, "success", info))
 
     def _serve_file(self, name: str, head: bool) -> None:
-        if not head and self._serve_cut_output(name):
+        if self._redirect_output(name):
+            return
+        if not head and (self._serve_cut_output(name) or self._serve_trickle(name)):
             return
         status, data, ctype, drop = self.server.api._file(name)
         if status != 200 or data is None:
@@ -710,6 +720,42 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
         return True
+
+    # --- hostile scenario: output_redirect_host ---
+    def _redirect_output(self, name: str) -> bool:
+        host = self.server.api.scenario.output_redirect_host
+        asked = urlsplit("//" + (self.headers.get("Host") or "")).hostname
+        if host is None or asked == host.lower():
+            return False
+        self.send_response(302)
+        self.send_header("Location", f"http://{host}:{self.server.api.port}/files/{name}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
+    # --- hostile scenario: output_trickle_s ---
+    def _serve_trickle(self, name: str) -> bool:
+        """Announce a task output, then trickle it a byte at a time and cut (True if it did)."""
+        api = self.server.api
+        plan = api.scenario
+        with api._lock:
+            entry = api._files.get(name)
+            if entry is None or not isinstance(entry[0], Path) or plan.output_trickle_s <= 0:
+                return False
+            api._counts["downloads"] += 1
+        data = entry[0].read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", entry[1])
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        api.stalled.set()
+        end = time.monotonic() + plan.output_trickle_s
+        for byte in data[:-1]:  # never the whole file: the download cannot finish on its own
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            if api._unstall.wait(plan.output_trickle_interval_s) or time.monotonic() >= end:
+                break
+        raise _Drop()
 
     def _control(self, method: str, path: str, body: bytes) -> None:
         api = self.server.api
