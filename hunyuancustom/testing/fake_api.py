@@ -100,10 +100,12 @@ class Scenario:
     # The MP4 served as every task's output; None = a small generated test video.
     video_path: str | Path | None = None
     # Stalls, to test Cancel mid-transfer: the media upload is answered only after this long, and
-    # output downloads send half the file, then pause this long. Both end early on
-    # `release_stalls()` or when the server stops.
+    # output downloads send half the file, then pause this long; a submit creates its task, then
+    # answers only after `submit_stall_s`. All end early on `release_stalls()` or when the
+    # server stops.
     upload_stall_s: float = 0.0
     output_stall_s: float = 0.0
+    submit_stall_s: float = 0.0
     # Hostile: the first N output downloads are sent with no Content-Length, cut after half the
     # file, and the connection closed cleanly, so the client sees an ordinary end of body.
     output_cut_no_length_first_n: int = 0
@@ -587,7 +589,9 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 self._send_json(*_error(400, "body: not valid JSON"))
                 return
-            self._send_json(*api._submit(root, m_submit.group(1), payload))
+            answer = api._submit(root, m_submit.group(1), payload)
+            api._stall(api.scenario.submit_stall_s)
+            self._send_json(*answer)
         elif endpoint == "result":
             self._send_json(*api._result(m_result.group(1)))
         else:
