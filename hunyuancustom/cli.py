@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="JSON instead of text")
     show.set_defaults(handler=cmd_jobs_show)
     ab = js.add_parser("abandon", help="stop an 'uncertain' job from blocking its request "
-                                       "(after checking the dashboard: the next run submits anew)")
+                                       "(after checking the dashboard: the next run submits anew), "
+                                       "or give up a pending task (the next run pays again)")
     ab.add_argument("id", help="journal id or task id")
     ab.set_defaults(handler=cmd_jobs_abandon)
     pr = js.add_parser("prune", help="forget finished jobs older than an age or date (saved videos "
@@ -331,17 +332,29 @@ def cmd_jobs(args: argparse.Namespace, reporter: StderrReporter) -> int:
 
 
 def cmd_jobs_abandon(args: argparse.Namespace, reporter: StderrReporter) -> int:
-    from .journal import ABANDONED, UNCERTAIN, Journal
+    import time
+
+    from .journal import ABANDONED, PENDING, STALE_CLAIM_S, UNCERTAIN, Journal
 
     with Journal.open_default() as journal:
         row = journal.get(args.id)
         if row is None:
             raise ValidationError("id", f"no job with journal id or task id {args.id!r}")
-        if row.status != UNCERTAIN:
-            raise ValidationError("id", f"job {row.id} is {row.status}; only an uncertain job "
-                                        "can be abandoned")
+        if row.status not in (UNCERTAIN, *PENDING):
+            raise ValidationError("id", f"job {row.id} is {row.status}; only an uncertain job or "
+                                        "a pending one can be abandoned")
+        if row.status in PENDING and row.owner_token and row.heartbeat_at \
+                and time.time() - row.heartbeat_at < STALE_CLAIM_S:  # a run is polling it now
+            raise ValidationError("id", f"job {row.id} (task {row.task_id}) is being run right now; "
+                                        "stop that run first")
         journal.update(row.id, status=ABANDONED)
-    print(f"job {row.id} abandoned: the next identical request is submitted anew", file=sys.stderr)
+    if row.status in PENDING:  # e.g. pending at a root whose key the user no longer has
+        print(f"job {row.id} abandoned: task {row.task_id} at {row.api_base or 'its API root'} is "
+              "no longer waited for; the next identical request is submitted anew (and paid "
+              "again)", file=sys.stderr)
+    else:
+        print(f"job {row.id} abandoned: the next identical request is submitted anew",
+              file=sys.stderr)
     return 0
 
 

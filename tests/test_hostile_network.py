@@ -85,7 +85,7 @@ def test_cli_sends_no_netrc_credentials_from_home_to_a_redirect_target(api, tmp_
     ref = tmp_path / "ref.png"
     ref.write_bytes(image.png)
     proc = cli("ref2v", "--image", ref, "--prompt", "x", "-o", tmp_path / "a.mp4", "--api-base",
-               api.base_url, env_extra={"HOME": str(home), "NETRC": ""})
+               api.base_url, env_extra={"HOME": str(home)})
     assert proc.returncode == 0, proc.stderr
     target = [r for r in api.requests if r.headers.get("Host", "").startswith("localhost")]
     assert target and not [r for r in target if "Authorization" in r.headers]

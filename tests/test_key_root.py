@@ -130,17 +130,25 @@ def test_same_server(a, b, same):
     assert same_server(a, b) is same
 
 
-def test_cli_stops_with_the_fix_and_sends_nothing(x, y, image, tmp_path, journal):
+def test_cli_stops_with_what_to_do_and_sends_nothing(x, y, image, tmp_path, journal):
     task_id = pending_at(x, image, tmp_path, journal)
     seen_by_x = len(x.requests)
     ref = tmp_path / "ref.png"
     ref.write_bytes(image.png)
-    proc = cli("ref2v", "--image", ref, "--prompt", FIXED["prompt"], "--seed", FIXED["seed"],
-               "-o", tmp_path / "a.mp4", "--api-base", y.base_url, key=KEY_Y)
+    args = ["ref2v", "--image", ref, "--prompt", FIXED["prompt"], "--seed", FIXED["seed"],
+            "-o", tmp_path / "a.mp4", "--api-base", y.base_url]
+    proc = cli(*args, key=KEY_Y)
     assert proc.returncode == 2, proc.stderr
     assert f"Task {task_id}" in proc.stderr and f"pending at {x.base_url}" in proc.stderr
     assert "jobs abandon" in proc.stderr and KEY_Y not in proc.stderr
     assert x.requests[seen_by_x:] == [] and y.requests == []
+    # Giving that task up, as the message offers: the request is then submitted at Y.
+    row_id = journal.get(task_id).id
+    abandoned = cli("jobs", "abandon", row_id)
+    assert abandoned.returncode == 0 and "paid again" in abandoned.stderr, abandoned.stderr
+    y.set_scenario(processing_polls=0)
+    assert cli(*args, key=KEY_Y).returncode == 0
+    assert y.stats()["submits"] == 1 and x.requests[seen_by_x:] == []
 
 
 # --- item 9a: a key an HTTP header cannot carry is refused where it is set ---------------------
