@@ -200,7 +200,7 @@ def _never_sent(exc: requests.RequestException) -> bool:
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):  # NewConnectionError, DNS too
         return True
-    return _raised_while_connecting(reason)
+    return _raised_while_connecting(exc)
 
 
 # Where urllib3 opens a connection (TCP, proxy tunnel, TLS handshake) before writing a request,
@@ -208,20 +208,22 @@ def _never_sent(exc: requests.RequestException) -> bool:
 _CONNECTING = {"_validate_conn", "do_handshake"}
 
 
-def _raised_while_connecting(err: BaseException | None) -> bool:
-    """Whether `err`, or an error it wraps (urllib3 wraps the ssl error), was raised while the
-    connection was being opened. The error types alone cannot tell: the same SSLError or read
-    timeout can come from a handshake or from the middle of an answer."""
-    seen: set[int] = set()
-    while isinstance(err, BaseException) and id(err) not in seen:
+def _raised_while_connecting(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it wraps (requests wraps urllib3's, which wraps the ssl or
+    socket error), was raised while the connection was being opened. The types alone cannot
+    tell: the same SSLError or read timeout can come from a handshake or from an answer."""
+    todo, seen = [exc], set()
+    while todo:
+        err = todo.pop()
+        if not isinstance(err, BaseException) or id(err) in seen:
+            continue
         seen.add(id(err))
         tb = err.__traceback__
         while tb is not None:
             if tb.tb_frame.f_code.co_name in _CONNECTING:
                 return True
             tb = tb.tb_next
-        inner = err.args[0] if err.args and isinstance(err.args[0], BaseException) else None
-        err = inner or err.__context__
+        todo += [getattr(err, "reason", None), err.__context__, err.__cause__, *err.args[:1]]
     return False
 
 

@@ -13,7 +13,7 @@ import pytest
 from test_cli import cli
 
 from conftest import TEST_KEY, RecordingReporter
-from hunyuancustom.client import ClientOptions, WaveSpeedClient
+from hunyuancustom.client import ClientOptions, Timeouts, WaveSpeedClient
 from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import (
     ApiError,
@@ -172,6 +172,16 @@ def test_an_unreachable_api_on_the_submit_is_not_uncertain(api, tmp_path, fast, 
     assert journal.list()[0].status == "rejected"
     run(api.base_url, URL_IMAGE, tmp_path / "a.mp4", fast, journal)
     assert len(posts(api)) == 1
+
+
+def test_a_read_timeout_once_the_submit_was_sent_is_uncertain(api, image, tmp_path, journal, sleeps):
+    # The opposite case: the request went out, its answer did not come in time. A task may exist.
+    api.set_scenario(Scenario(submit_stall_s=30.0))
+    opts = ClientOptions(timeouts=Timeouts(read_s=0.3), sleep_fn=sleeps)
+    with pytest.raises(SubmitUncertainError, match="ReadTimeout"):
+        run(api.base_url, image, tmp_path / "a.mp4", opts, journal)
+    api.release_stalls()
+    assert api.stats()["submits"] == 1 and journal.list()[0].status == "uncertain"
 
 
 class HostCancel(Exception):
