@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_flags(r)
     r.add_argument("-o", "--output", type=Path, required=True, help="where to write the MP4")
     r.add_argument("--timeout", type=float, default=None,
-                   help="seconds to wait for the task (default: setting timeout_s, 1800)")
+                   help="seconds the job may take, from the upload to the end of the download "
+                        "(default: setting timeout_s, 1800)")
     r.add_argument("--api-base", default=None, help="API root (default: WAVESPEED_API_BASE or "
                                                     "settings, else https://api.wavespeed.ai/api/v2)")
     r.add_argument("--json", action="store_true", help="print the result info as JSON on stdout")
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", type=int, default=None,
                    help="jobs in flight at once (default: setting concurrency, 2; the provider's "
                         "lowest account level allows 2)")
-    b.add_argument("--timeout", type=float, default=None, help="seconds to wait for each task")
+    b.add_argument("--timeout", type=float, default=None,
+                   help="seconds each job may take, upload to download (as for ref2v)")
     b.add_argument("--api-base", default=None, help="API root (as for ref2v)")
     b.add_argument("--json", action="store_true", help="print the batch summary as JSON on stdout")
     _add_force_new(b)
