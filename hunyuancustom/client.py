@@ -109,7 +109,7 @@ class _BearerAuth(requests.auth.AuthBase):
 
     def __call__(self, r):
         if not same_server(r.url, self._root):
-            raise KeyRootError(_key_elsewhere(self._key, self._root, r.url))
+            raise KeyRootError(_key_elsewhere(self._key.source, self._root, r.url))
         r.headers["Authorization"] = "Bearer " + self._key.reveal()
         return r
 
@@ -117,9 +117,9 @@ class _BearerAuth(requests.auth.AuthBase):
         return "_BearerAuth(<hidden>)"
 
 
-def _key_elsewhere(key: ApiKey, root: str, url: str) -> str:
+def _key_elsewhere(source: str, root: str, url: str) -> str:
     where = url.split("?")[0][:200]
-    return (f"The API key from {key.source} is for {root}; it is not sent to another server "
+    return (f"The API key from {source} is for {root}; it is not sent to another server "
             f"({where}). Set the key for that server, or point api_base back to {root}.")
 
 
@@ -249,7 +249,7 @@ class WaveSpeedClient:
         self.api_base = api_base.rstrip("/")
         self.key_root = (api_key.root or key_root or self.api_base).rstrip("/")
         if not same_server(self.api_base, self.key_root):
-            raise KeyRootError(_key_elsewhere(api_key, self.key_root, self.api_base))
+            raise KeyRootError(_key_elsewhere(api_key.source, self.key_root, self.api_base))
         self.reporter = reporter or NullReporter()
         self.timeouts = options.timeouts
         self.retry = options.retry
@@ -262,6 +262,7 @@ class WaveSpeedClient:
         # The default sleeps in short ticks, honours Cancel and calls on_tick about once a second.
         self._sleep = sleep_fn or (lambda s, on_tick=None: sleep(s, self.reporter, on_tick))
         self.requests_made = 0
+        self._key_source = api_key.source
         # Whether the last submit may have reached the server: set before each of its POSTs goes
         # out, cleared when that attempt certainly created nothing (never sent, or answered 429).
         self.submit_in_doubt = False
@@ -300,7 +301,7 @@ class WaveSpeedClient:
     def _send(self, method: str, url: str, *, idempotent: bool, read_timeout: float | None = None,
               task_id: str | None = None, **kwargs) -> requests.Response:
         if not same_server(url, self.key_root):  # checked again by the auth hook
-            raise KeyRootError(_key_elsewhere(self.session.auth._key, self.key_root, url))
+            raise KeyRootError(_key_elsewhere(self._key_source, self.key_root, url))
         doing = ("while waiting for the API" if idempotent
                  else "before the task was submitted: nothing was billed")
         failures = 0
