@@ -222,9 +222,9 @@ def test_a_host_cancel_while_the_submit_is_in_flight_stays_a_cancel_and_uncertai
 
 
 def test_a_trickling_download_stops_at_the_job_deadline(api, image, tmp_path, fast, journal):
-    api.set_scenario(Scenario(output_trickle_s=6.0, output_trickle_interval_s=0.05))
+    api.set_scenario(Scenario(output_trickle_s=10.0, output_trickle_interval_s=0.05))
     dest = tmp_path / "out" / "a.mp4"
-    timeout = 1.5
+    timeout = 2.5
     with pytest.raises(TaskTimeoutError, match="while downloading the output") as err:
         run(api.base_url, image, dest, fast, journal, timeout_s=timeout)
     task_id = api.task_ids()[0]
@@ -263,11 +263,11 @@ def test_a_retry_after_on_the_submit_does_not_wait_past_the_deadline(api, image,
 
 
 def test_cli_timeout_covers_the_download(api, tmp_path, image):
-    api.set_scenario(Scenario(processing_polls=0, output_trickle_s=6.0))
+    api.set_scenario(Scenario(processing_polls=0, output_trickle_s=10.0))
     ref = tmp_path / "ref.png"
     ref.write_bytes(image.png)
     proc = cli("ref2v", "--image", ref, "--prompt", "x", "-o", tmp_path / "a.mp4", "--api-base",
-               api.base_url, "--timeout", 2)
+               api.base_url, "--timeout", 3)
     assert proc.returncode == 1, proc.stderr
-    assert "Stopped after 2 s (setting timeout_s) while downloading the output" in proc.stderr
+    assert "Stopped after 3 s (setting timeout_s) while downloading the output" in proc.stderr
     assert not (tmp_path / "a.mp4").exists()
