@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_flags(r)
     r.add_argument("-o", "--output", type=Path, required=True, help="where to write the MP4")
     r.add_argument("--timeout", type=float, default=None,
-                   help="seconds to wait for the task (default: setting timeout_s, 1800)")
+                   help="seconds the job may take, from the upload to the end of the download "
+                        "(default: setting timeout_s, 1800)")
     r.add_argument("--api-base", default=None, help="API root (default: WAVESPEED_API_BASE or "
                                                     "settings, else https://api.wavespeed.ai/api/v2)")
     r.add_argument("--json", action="store_true", help="print the result info as JSON on stdout")
@@ -83,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", type=int, default=None,
                    help="jobs in flight at once (default: setting concurrency, 2; the provider's "
                         "lowest account level allows 2)")
-    b.add_argument("--timeout", type=float, default=None, help="seconds to wait for each task")
+    b.add_argument("--timeout", type=float, default=None,
+                   help="seconds each job may take, upload to download (as for ref2v)")
     b.add_argument("--api-base", default=None, help="API root (as for ref2v)")
     b.add_argument("--json", action="store_true", help="print the batch summary as JSON on stdout")
     _add_force_new(b)
@@ -107,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="JSON instead of text")
     show.set_defaults(handler=cmd_jobs_show)
     ab = js.add_parser("abandon", help="stop an 'uncertain' job from blocking its request "
-                                       "(after checking the dashboard: the next run submits anew)")
+                                       "(after checking the dashboard: the next run submits anew), "
+                                       "or give up a pending task (the next run pays again)")
     ab.add_argument("id", help="journal id or task id")
     ab.set_defaults(handler=cmd_jobs_abandon)
     pr = js.add_parser("prune", help="forget finished jobs older than an age or date (saved videos "
@@ -331,17 +334,29 @@ def cmd_jobs(args: argparse.Namespace, reporter: StderrReporter) -> int:
 
 
 def cmd_jobs_abandon(args: argparse.Namespace, reporter: StderrReporter) -> int:
-    from .journal import ABANDONED, UNCERTAIN, Journal
+    import time
+
+    from .journal import ABANDONED, PENDING, STALE_CLAIM_S, UNCERTAIN, Journal
 
     with Journal.open_default() as journal:
         row = journal.get(args.id)
         if row is None:
             raise ValidationError("id", f"no job with journal id or task id {args.id!r}")
-        if row.status != UNCERTAIN:
-            raise ValidationError("id", f"job {row.id} is {row.status}; only an uncertain job "
-                                        "can be abandoned")
+        if row.status not in (UNCERTAIN, *PENDING):
+            raise ValidationError("id", f"job {row.id} is {row.status}; only an uncertain job or "
+                                        "a pending one can be abandoned")
+        if row.status in PENDING and row.owner_token and row.heartbeat_at \
+                and time.time() - row.heartbeat_at < STALE_CLAIM_S:  # a run is polling it now
+            raise ValidationError("id", f"job {row.id} (task {row.task_id}) is being run right now; "
+                                        "stop that run first")
         journal.update(row.id, status=ABANDONED)
-    print(f"job {row.id} abandoned: the next identical request is submitted anew", file=sys.stderr)
+    if row.status in PENDING:  # e.g. pending at a root whose key the user no longer has
+        print(f"job {row.id} abandoned: task {row.task_id} at {row.api_base or 'its API root'} is "
+              "no longer waited for; the next identical request is submitted anew (and paid "
+              "again)", file=sys.stderr)
+    else:
+        print(f"job {row.id} abandoned: the next identical request is submitted anew",
+              file=sys.stderr)
     return 0
 
 

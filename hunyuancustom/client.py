@@ -3,16 +3,22 @@
 One `requests.Session`, explicit timeouts, typed errors, and one retry policy:
 - GETs (result polls, downloads) retry 408/5xx, timeouts and dropped connections with capped
   exponential back-off, and 429 after its Retry-After;
-- the submit is retried only when the server certainly did not take it (connection refused,
-  connect timeout, 429). Any other failure after the request may have reached the server raises
-  `SubmitUncertainError`: a blind retry could create, and bill, a second task.
-Every wait goes through `progress.sleep` / `progress.run_cancellable`, so Cancel works anywhere.
+- the submit is retried only when the server certainly did not take it (the connection could not
+  be opened: refused, DNS, connect timeout, TLS handshake; or 429). Any other failure after the
+  request may have reached the server raises `SubmitUncertainError`, and so does an error answer
+  that is not a clear refusal: a blind retry could create, and bill, a second task.
+Every wait goes through `progress.sleep` / `progress.run_cancellable`, so Cancel works anywhere,
+and none outlasts the job's deadline (setting timeout_s) when the client is given one.
+
+The key goes only to the server of the root it was set for (`config.same_server`), and the
+session takes nothing from `~/.netrc`: requests would add those credentials to a redirect.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -23,13 +29,14 @@ import requests
 import urllib3
 
 from . import __version__
-from .config import ApiKey, how_to_set_key
+from .config import ApiKey, how_to_set_key, same_server
 from .download import download_video
 from .errors import (
     ApiError,
     AuthError,
     ForbiddenError,
     InsufficientBalanceError,
+    KeyRootError,
     MalformedResponseError,
     RateLimitError,
     ServerError,
@@ -39,7 +46,7 @@ from .errors import (
     TaskTimeoutError,
 )
 from .prediction import PENDING, TERMINAL_FAILED, Prediction, parse_envelope, parse_prediction
-from .progress import NullReporter, Reporter, run_cancellable, sleep
+from .progress import Deadline, NullReporter, Reporter, run_cancellable, sleep
 
 
 @dataclass(frozen=True)
@@ -93,12 +100,16 @@ class ClientOptions:
 
 
 class _BearerAuth(requests.auth.AuthBase):
-    """Adds the key at send time, so it lives in no config object that could be printed."""
+    """Adds the key at send time, so it lives in no config object that could be printed, and
+    only to requests for the server of `root`, the API root the key is for."""
 
-    def __init__(self, key: ApiKey):
+    def __init__(self, key: ApiKey, root: str):
         self._key = key
+        self._root = root
 
     def __call__(self, r):
+        if not same_server(r.url, self._root):
+            raise KeyRootError(_key_elsewhere(self._key.source, self._root, r.url))
         r.headers["Authorization"] = "Bearer " + self._key.reveal()
         return r
 
@@ -106,8 +117,36 @@ class _BearerAuth(requests.auth.AuthBase):
         return "_BearerAuth(<hidden>)"
 
 
+def _key_elsewhere(source: str, root: str, url: str) -> str:
+    where = url.split("?")[0][:200]
+    return (f"The API key from {source} is for {root}; it is not sent to another server "
+            f"({where}). Set the key for that server, or point api_base back to {root}.")
+
+
+class _Session(requests.Session):
+    """A session that reads no credentials from the environment: with requests' trust_env, a
+    ~/.netrc entry for the host an output URL redirects to would be sent there. Proxies
+    (HTTPS_PROXY, NO_PROXY...) and a CA bundle (REQUESTS_CA_BUNDLE) still come from the
+    environment, read here for each request's own URL (a redirect keeps its first hop's proxy)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trust_env = False
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        proxies = dict(proxies or {})
+        for scheme, proxy in requests.utils.get_environ_proxies(url).items():
+            proxies.setdefault(scheme, proxy)
+        if verify is True or verify is None:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or verify
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
+
 _BALANCE = re.compile(r"balance|insufficient|credit|quota", re.I)
 _RETRY_STATUS = {408, 500, 502, 503, 504, 520, 522, 524}
+# Answers to a submit that clearly say no task was created: anything else may have created one.
+_REFUSALS = {400, 401, 402, 403, 404, 405, 413, 415, 422, 429}
+_REFUSAL_TYPES = (AuthError, ForbiddenError, InsufficientBalanceError, RateLimitError)
 
 
 def _retry_after(resp: requests.Response) -> float | None:
@@ -151,13 +190,46 @@ def _envelope_code(resp: requests.Response) -> int | None:
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
-    """True when the request certainly did not reach the server (safe to resend a submit)."""
+    """True when the request certainly did not reach the server (safe to resend a submit): the
+    connection could not be opened (refused, DNS, connect timeout) or its TLS handshake failed.
+    A timeout or reset once the request may be on its way is not this."""
     if isinstance(exc, requests.ConnectTimeout):
         return True
-    if isinstance(exc, requests.ConnectionError):
-        reason = getattr(exc.args[0], "reason", None) if exc.args else None
-        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    if not isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return False
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):  # NewConnectionError, DNS too
+        return True
+    return _raised_while_connecting(exc)
+
+
+# Where urllib3 opens a connection (TCP, proxy tunnel, TLS handshake) before writing a request,
+# and where the ssl module runs a handshake: an error raised under these sent nothing.
+_CONNECTING = {"_validate_conn", "do_handshake"}
+
+
+def _raised_while_connecting(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it wraps (requests wraps urllib3's, which wraps the ssl or
+    socket error), was raised while the connection was being opened. The types alone cannot
+    tell: the same SSLError or read timeout can come from a handshake or from an answer."""
+    todo, seen = [exc], set()
+    while todo:
+        err = todo.pop()
+        if not isinstance(err, BaseException) or id(err) in seen:
+            continue
+        seen.add(id(err))
+        tb = err.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name in _CONNECTING:
+                return True
+            tb = tb.tb_next
+        todo += [getattr(err, "reason", None), err.__context__, err.__cause__, *err.args[:1]]
     return False
+
+
+def _clear_refusal(e: ApiError) -> bool:
+    """An error answer to a submit that says no task was created (bad value, key, balance...)."""
+    return isinstance(e, _REFUSAL_TYPES) or e.status in _REFUSALS
 
 
 class WaveSpeedClient:
@@ -168,19 +240,32 @@ class WaveSpeedClient:
         *,
         reporter: Reporter | None = None,
         options: ClientOptions = ClientOptions(),
+        key_root: str | None = None,
+        deadline: Deadline | None = None,
     ):
+        """`key_root`: the API root the key is for when the key itself does not say (a key from
+        the environment is for the configured root); default: `api_base`. `deadline`: when the
+        whole job must be over (setting timeout_s); no wait, retry or download outlasts it."""
         self.api_base = api_base.rstrip("/")
+        self.key_root = (api_key.root or key_root or self.api_base).rstrip("/")
+        if not same_server(self.api_base, self.key_root):
+            raise KeyRootError(_key_elsewhere(api_key.source, self.key_root, self.api_base))
         self.reporter = reporter or NullReporter()
         self.timeouts = options.timeouts
         self.retry = options.retry
         self.schedule = options.schedule
+        self.deadline = deadline
         sleep_fn = options.sleep_fn
-        self.session = requests.Session()
-        self.session.auth = _BearerAuth(api_key)
+        self.session = _Session()
+        self.session.auth = _BearerAuth(api_key, self.key_root)
         self.session.headers["User-Agent"] = f"ComfyUI-HunyuanCustom/{__version__}"
         # The default sleeps in short ticks, honours Cancel and calls on_tick about once a second.
         self._sleep = sleep_fn or (lambda s, on_tick=None: sleep(s, self.reporter, on_tick))
         self.requests_made = 0
+        self._key_source = api_key.source
+        # Whether the last submit may have reached the server: set before each of its POSTs goes
+        # out, cleared when that attempt certainly created nothing (never sent, or answered 429).
+        self.submit_in_doubt = False
 
     def __repr__(self) -> str:
         return f"WaveSpeedClient({self.api_base!r})"
@@ -196,36 +281,73 @@ class WaveSpeedClient:
 
     # --- one place for sending, retrying and classifying ----------------------------------------
 
+    def _timed_out(self, doing: str, task_id: str | None = None) -> TaskTimeoutError:
+        d = self.deadline
+        after = f"Stopped after {int(d.budget_s)} s (setting timeout_s)" if d else "Stopped"
+        if task_id:
+            tail = (" The task may still finish on the provider; its output stays available for "
+                    "about 7 days, and running the job again resumes it without paying again.")
+        else:
+            tail = ""
+        return TaskTimeoutError(f"{after} {doing}.{tail}", task_id=task_id,
+                                elapsed_s=d.elapsed() if d else None)
+
+    def _pause(self, seconds: float, doing: str, task_id: str | None = None, on_tick=None) -> None:
+        """A retry or poll wait; one that would end past the deadline stops the job now."""
+        if self.deadline is not None and seconds >= self.deadline.left():
+            raise self._timed_out(doing, task_id)
+        self._sleep(seconds, on_tick)
+
     def _send(self, method: str, url: str, *, idempotent: bool, read_timeout: float | None = None,
-              **kwargs) -> requests.Response:
-        timeout = (self.timeouts.connect_s, read_timeout or self.timeouts.read_s)
+              task_id: str | None = None, **kwargs) -> requests.Response:
+        if not same_server(url, self.key_root):  # checked again by the auth hook
+            raise KeyRootError(_key_elsewhere(self._key_source, self.key_root, url))
+        doing = ("while waiting for the API" if idempotent
+                 else "before the task was submitted: nothing was billed")
         failures = 0
         rate_limited = 0
         while True:
             self.reporter.check_interrupt()
+            connect_s, read_s = self.timeouts.connect_s, read_timeout or self.timeouts.read_s
+            deadline = None
+            if self.deadline is not None:
+                if self.deadline.left() <= 0:
+                    raise self._timed_out(doing, task_id)
+                connect_s = self.deadline.bound(connect_s)
+                # A submit on its way keeps its full read time: cutting it would lose a task id.
+                if idempotent:
+                    read_s, deadline = self.deadline.bound(read_s), self.deadline
             try:
                 self.requests_made += 1
+                if not idempotent:
+                    self.submit_in_doubt = True
                 resp = run_cancellable(
-                    lambda _cancel: self.session.request(method, url, timeout=timeout, **kwargs),
-                    self.reporter,
+                    lambda _cancel, t=(connect_s, read_s): self.session.request(
+                        method, url, timeout=t, **kwargs),
+                    self.reporter, deadline=deadline,
+                    on_deadline=lambda: self._timed_out(doing, task_id),
                 )
             except requests.RequestException as e:
                 kind = type(e).__name__
-                if not idempotent and not _never_sent(e):
-                    raise SubmitUncertainError(
-                        f"The connection failed after the request was sent ({kind}); the task may "
-                        "or may not have been created. It was not resubmitted, so you are not "
-                        "billed twice: check your WaveSpeedAI dashboard before running again."
-                    ) from None
+                if not idempotent:
+                    if not _never_sent(e):
+                        raise SubmitUncertainError(
+                            f"The connection failed after the request was sent ({kind}); the task "
+                            "may or may not have been created. It was not resubmitted, so you are "
+                            "not billed twice: check your WaveSpeedAI dashboard before running "
+                            "again.") from None
+                    self.submit_in_doubt = False
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise ServerError(f"Could not reach the API at {self.api_base} after "
                                       f"{failures} tries ({kind}).") from None
-                self._sleep(self.retry.backoff(failures - 1))
+                self._pause(self.retry.backoff(failures - 1), doing, task_id)
                 continue
 
             status = resp.status_code
             if status == 429:
+                if not idempotent:
+                    self.submit_in_doubt = False  # refused: nothing was created
                 rate_limited += 1
                 if rate_limited > self.retry.rate_limit_waits:
                     raise RateLimitError("The API kept answering 429 Too Many Requests: your "
@@ -236,7 +358,7 @@ class WaveSpeedClient:
                 wait = self.retry.backoff(rate_limited - 1) if wait is None else wait
                 wait = min(wait, self.retry.max_retry_after_s)
                 self.reporter.status(f"Rate limited by the API; retrying in {math.ceil(wait)} s")
-                self._sleep(wait)
+                self._pause(wait, doing, task_id)
                 continue
             if status in _RETRY_STATUS or status >= 500:
                 if not idempotent:
@@ -249,8 +371,8 @@ class WaveSpeedClient:
                     raise ServerError(f"The API kept failing (HTTP {status}: {_message(resp)}) "
                                       f"after {failures} tries.", status=status)
                 wait = _retry_after(resp)
-                self._sleep(self.retry.backoff(failures - 1) if wait is None else
-                            min(wait, self.retry.max_retry_after_s))
+                self._pause(self.retry.backoff(failures - 1) if wait is None else
+                            min(wait, self.retry.max_retry_after_s), doing, task_id)
                 continue
             return resp
 
@@ -300,16 +422,31 @@ class WaveSpeedClient:
         return url
 
     def submit(self, model_id: str, body: dict) -> Prediction:
+        self.submit_in_doubt = False
         resp = self._send("POST", f"{self.api_base}/{model_id}", idempotent=False, json=body)
         try:
-            return parse_prediction(self._json(resp))
+            payload = self._json(resp)
+        except MalformedResponseError:
+            raise
+        except ApiError as e:
+            if _clear_refusal(e):
+                raise
+            # E.g. HTTP 200 with {"code": 500}: a failure that does not say no task was made.
+            raise SubmitUncertainError(
+                f"The API answered the submit with an error that does not say the task was "
+                f"refused ({e}); the task may or may not have been created. It was not "
+                "resubmitted, so you are not billed twice: check your WaveSpeedAI dashboard "
+                "before running again.", status=e.status) from None
+        try:
+            return parse_prediction(payload)
         except MalformedResponseError as e:
             raise MalformedResponseError(f"{e} The submit may have created a task; check your "
                                          "WaveSpeedAI dashboard before running again.") from None
 
     def result(self, task_id: str) -> Prediction:
         try:
-            resp = self._send("GET", f"{self.api_base}/predictions/{task_id}/result", idempotent=True)
+            resp = self._send("GET", f"{self.api_base}/predictions/{task_id}/result", idempotent=True,
+                              task_id=task_id)
             try:
                 payload = self._json(resp)
             except ApiError as e:
@@ -329,12 +466,16 @@ class WaveSpeedClient:
         """Stream an output to `dest` atomically (see download.py); return its VideoInfo."""
         return download_video(self.session, url, dest, max_bytes=max_bytes, reporter=self.reporter,
                               task_id=task_id, backoff=self.retry.backoff, sleep_fn=self._sleep,
-                              timeout=(self.timeouts.connect_s, max(60.0, self.timeouts.read_s)))
+                              timeout=(self.timeouts.connect_s, max(60.0, self.timeouts.read_s)),
+                              deadline=self.deadline)
 
     def wait(self, task_id: str, *, timeout_s: float,
              on_update: Callable[[Prediction, float], None] | None = None) -> Prediction:
-        """Poll until the task completes; raise TaskFailedError/TaskTimeoutError otherwise."""
+        """Poll until the task completes; raise TaskFailedError/TaskTimeoutError otherwise.
+        Gives up after `timeout_s` or at the client's deadline, whichever comes first."""
         start = time.monotonic()
+        if self.deadline is not None:
+            timeout_s = min(timeout_s, self.deadline.at - start)
         while True:
             pred = self.result(task_id)
             elapsed = time.monotonic() - start
@@ -348,10 +489,11 @@ class WaveSpeedClient:
             # Unknown statuses are treated as pending: the provider may add e.g. "queued".
             interval = self.schedule.interval(elapsed)
             if elapsed + interval > timeout_s:
+                budget = self.deadline.budget_s if self.deadline else timeout_s
                 raise TaskTimeoutError(
-                    f"Stopped waiting after {int(timeout_s)} s (status {pred.status}). The task may "
+                    f"Stopped waiting after {int(budget)} s (status {pred.status}). The task may "
                     "still finish on the provider; its output stays available for about 7 days.",
-                    task_id=task_id)
+                    task_id=task_id, elapsed_s=self.deadline.elapsed() if self.deadline else elapsed)
             tick = (lambda p=pred: on_update(p, time.monotonic() - start)) if on_update else None
             self._sleep(interval, tick)
 

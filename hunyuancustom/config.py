@@ -9,6 +9,11 @@ Data folder, first match wins:
 
 The key comes from `WAVESPEED_API_KEY` or the file `api_key` in the data folder. It is held in
 an `ApiKey`, whose str/repr never show it; only the HTTP auth hook reads the secret.
+
+A key belongs to the server of the API root it was set for: the key file written by
+`save_api_key` records the `api_base` in force then (`{"key": ..., "api_base": ...}`); a key
+from the environment, or a file holding only the key (written by hand), is for the configured
+`api_base` of the run. The client never sends a key to another server (`same_server`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .atomic import replacing
 from .errors import ConfigError, MissingApiKeyError
@@ -52,19 +58,30 @@ def settings_file_path() -> Path:
     return data_dir() / SETTINGS_FILE_NAME
 
 
+KEY_CHARS = "printable ASCII (letters, digits and punctuation) without spaces"
+
+
 class ApiKey:
-    """A secret that does not print itself."""
+    """A secret that does not print itself. `root`: the API root it was set for; None = whatever
+    root the run is configured with (a key from the environment, or a hand-written key file)."""
 
-    __slots__ = ("_value", "source")
+    __slots__ = ("_value", "source", "root")
 
-    def __init__(self, value: str, source: str):
+    def __init__(self, value: str, source: str, root: str | None = None):
         value = value.strip()
         if not value:
             raise MissingApiKeyError(f"The API key from {source} is empty.")
         if any(c.isspace() for c in value):
-            raise ConfigError(f"The API key from {source} contains whitespace; check it.")
+            raise ConfigError(f"The API key from {source} contains whitespace; check it. "
+                              f"Allowed: {KEY_CHARS}.")
+        # An HTTP header carries Latin-1 at most, and API keys are plain ASCII: anything else
+        # (a smart quote, a Cyrillic look-alike) would fail every run with an encoding error.
+        if not all("!" <= c <= "~" for c in value):
+            raise ConfigError(f"The API key from {source} contains characters an API key does "
+                              f"not have; check it. Allowed: {KEY_CHARS}.")
         self._value = value
         self.source = source
+        self.root = root.rstrip("/") if root else None
 
     def reveal(self) -> str:
         return self._value
@@ -102,7 +119,40 @@ def load_api_key() -> ApiKey:
         raise MissingApiKeyError("No WaveSpeedAI API key is set. " + how_to_set_key()) from None
     except OSError as e:
         raise ConfigError(f"Cannot read the API key file {path}: {e.strerror}") from None
-    return ApiKey(text, f"the key file {path}")
+    except UnicodeDecodeError:
+        raise ConfigError(f"The API key file {path} is not text; write the key into it again. "
+                          f"Allowed: {KEY_CHARS}.") from None
+    return _key_from_file(text, path)
+
+
+def _key_from_file(text: str, path: Path) -> ApiKey:
+    """A file written by `save_api_key` (JSON: the key and its root) or by hand (the key only)."""
+    source = f"the key file {path}"
+    if not text.strip().startswith("{"):
+        return ApiKey(text, source)
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    root = obj.get("api_base") if isinstance(obj, dict) else None
+    if not isinstance(obj, dict) or not isinstance(obj.get("key"), str) or not (
+            root is None or (isinstance(root, str) and root.startswith(("http://", "https://")))):
+        raise ConfigError(f"The API key file {path} is damaged; set the key again (or write only "
+                          "the key into the file).")
+    return ApiKey(obj["key"], source, root=root)
+
+
+def same_server(a: str, b: str) -> bool:
+    """Whether two URLs name the same server (scheme, host and port): where a key may go."""
+    def origin(url: str) -> tuple:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            return ("invalid", url)
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+    return origin(a) == origin(b)
 
 
 def key_status() -> dict:
@@ -115,11 +165,14 @@ def key_status() -> dict:
     return {"set": True, "source": source, "last4": key.last4}
 
 
-def save_api_key(value: str) -> None:
-    """Store the key in the key file (owner-readable only), replacing any older one atomically."""
-    ApiKey(value, "the settings dialog")  # same checks as on load
+def save_api_key(value: str, api_base: str | None = None) -> None:
+    """Store the key in the key file (owner-readable only), replacing any older one atomically,
+    with the API root it is for: `api_base`, by default the one configured now."""
+    key = ApiKey(value, "the settings dialog")  # same checks as on load
+    root = (api_base or load_settings().api_base).rstrip("/")
+    text = json.dumps({"key": key.reveal(), "api_base": root}, separators=(",", ":"))
     with replacing(key_file_path(), suffix=".tmp", mode=0o600) as tmp:
-        tmp.write_bytes(value.strip().encode("utf-8"))
+        tmp.write_bytes(text.encode("ascii"))
 
 
 def delete_api_key() -> bool:

@@ -2,20 +2,21 @@
 
 The file appears at its final path only once it is complete, flushed to disk and known to
 decode; until then it lives under a hidden `.part` name that is removed on any failure.
+With a deadline (the job's timeout_s) the download stops when it passes, even while bytes keep
+trickling in: the waiting thread gives up on time and shuts the socket under the reader.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Callable
 
 import requests
 
 from .atomic import replacing
-from .errors import DownloadError, OutputExpiredError
+from .errors import DownloadError, OutputExpiredError, TaskTimeoutError
 from .mp4check import mp4_incomplete
-from .progress import NullReporter, Reporter, run_cancellable, sleep
+from .progress import CancelEvent, Deadline, NullReporter, Reporter, run_cancellable, sleep
 from .video import VideoInfo, probe
 
 CHUNK = 1 << 20
@@ -34,6 +35,7 @@ def download_video(
     task_id: str | None = None,
     backoff: Callable[[int], float] = lambda attempt: min(8.0, 2.0**attempt),
     sleep_fn: Callable[[float], None] | None = None,
+    deadline: Deadline | None = None,
 ) -> VideoInfo:
     """Fetch `url` to `dest` and return the video's info; `dest` is complete or absent."""
     reporter = reporter or NullReporter()
@@ -43,18 +45,25 @@ def download_video(
     last: Exception | None = None
     for attempt in range(attempts):
         reporter.check_interrupt()
+        if deadline is not None and deadline.left() <= 0:
+            raise _timed_out(deadline, task_id)
+        # No socket wait may outlast the job: each attempt's timeouts end by the deadline.
+        limits = timeout if deadline is None else (deadline.bound(timeout[0]), deadline.bound(timeout[1]))
         try:
             return run_cancellable(
-                lambda cancel: _fetch_once(session, url, dest, max_bytes, reporter, cancel,
-                                           timeout, task_id),
-                reporter,
+                lambda cancel, t=limits: _fetch_once(session, url, dest, max_bytes, reporter,
+                                                     cancel, t, task_id),
+                reporter, deadline=deadline, on_deadline=lambda: _timed_out(deadline, task_id),
             )
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                 _Truncated, _ServerSide) as e:
             last = e
             if attempt + 1 < attempts:
+                wait = backoff(attempt)
+                if deadline is not None and wait >= deadline.left():
+                    raise _timed_out(deadline, task_id) from None
                 reporter.status(f"Download interrupted; retrying ({attempt + 2}/{attempts})")
-                sleep_fn(backoff(attempt))
+                sleep_fn(wait)
         except requests.RequestException:
             raise
         except OSError as e:  # our side: disk full, folder removed or read-only
@@ -63,6 +72,14 @@ def download_video(
                                 "available for about 7 days.", task_id=task_id) from None
     raise DownloadError(f"Could not download the output after {attempts} tries "
                         f"({type(last).__name__}: {last}).", task_id=task_id)
+
+
+def _timed_out(deadline: Deadline, task_id: str | None) -> TaskTimeoutError:
+    return TaskTimeoutError(
+        f"Stopped after {int(deadline.budget_s)} s (setting timeout_s) while downloading the "
+        "output. The task is done and paid for: run the job again to fetch its video without "
+        "paying again (the provider keeps it for about 7 days), or raise timeout_s.",
+        task_id=task_id, elapsed_s=deadline.elapsed())
 
 
 class _Truncated(Exception):
@@ -77,10 +94,13 @@ class _Cancelled(Exception):
     pass
 
 
-def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: threading.Event,
+def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: CancelEvent,
                 timeout, task_id) -> VideoInfo:
     # The output URL is a plain CDN link: no Authorization header is sent to it.
     with session.get(url, stream=True, timeout=timeout, auth=_NoAuth()) as resp:
+        # A read blocks until its whole chunk arrives, however slowly: on Cancel or the deadline,
+        # shut the socket so the read ends now and the partial file is removed.
+        cancel.on_set(lambda: _shut(resp))
         if resp.status_code in _GONE:
             raise OutputExpiredError(
                 f"The output URL answered HTTP {resp.status_code}: it has expired or was removed "
@@ -121,6 +141,13 @@ def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: threading
             except DownloadError as e:  # name the URL and task, not the hidden temporary file
                 raise DownloadError(f"{str(e).replace(Path(tmp).name, 'the download')} "
                                     f"(from {url})", task_id=task_id) from None
+
+
+def _shut(resp: requests.Response) -> None:
+    try:
+        resp.raw.shutdown()  # urllib3 >= 2.3: shuts the socket for reading, from any thread
+    except (AttributeError, ValueError, RuntimeError, OSError):
+        pass  # older urllib3, or already closed: the read ends at its own timeout
 
 
 class _NoAuth(requests.auth.AuthBase):

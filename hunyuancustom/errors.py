@@ -24,6 +24,10 @@ class MissingApiKeyError(ConfigError):
     pass
 
 
+class KeyRootError(ConfigError):
+    """The API key was set for another server than the one a request would go to: not sent."""
+
+
 class Interrupted(HunyuanCustomError):
     """The user cancelled (ComfyUI's Cancel, Ctrl-C in the CLI)."""
 
@@ -82,7 +86,13 @@ class TaskFailedError(ApiError):
 
 
 class TaskTimeoutError(ApiError):
-    """Our overall wait ran out; the task may still finish on the provider."""
+    """Our overall wait ran out; the task may still finish on the provider. `elapsed_s`: how long
+    the job had run when it gave up, by the client's own clock (None where not measured)."""
+
+    def __init__(self, message: str, *, status: int | None = None, task_id: str | None = None,
+                 elapsed_s: float | None = None):
+        super().__init__(message, status=status, task_id=task_id)
+        self.elapsed_s = elapsed_s
 
 
 class NSFWError(ApiError):

@@ -100,7 +100,8 @@ MAX_KEY_LENGTH = 512
 
 def check_key_value(value: object) -> str:
     """What a request body may hand to `config.save_api_key` (which refuses empty keys and keys
-    with whitespace); ValueError says what is wrong without echoing the value."""
+    that are not printable ASCII without spaces); ValueError says what is wrong without echoing
+    the value."""
     if not isinstance(value, str):
         raise ValueError("'key' must be a string")
     if len(value) > MAX_KEY_LENGTH:

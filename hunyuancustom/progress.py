@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -71,6 +72,50 @@ class StderrReporter:
             self.stream.flush()
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """When a whole job must be over (a `time.monotonic()` value), and the budget that set it."""
+
+    at: float
+    budget_s: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds, seconds)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def elapsed(self) -> float:
+        return self.budget_s - self.left()
+
+    def bound(self, seconds: float) -> float:
+        """`seconds`, shortened to the time left (a socket timeout must not outlast the job)."""
+        return max(0.01, min(seconds, self.left()))
+
+
+class CancelEvent(threading.Event):
+    """The event `run_cancellable` hands its worker. A worker blocked in a socket read can
+    register `on_set` callbacks (close that socket) so that Cancel or a deadline wakes it."""
+
+    def __init__(self):
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+        if self.is_set():
+            callback()
+
+    def set(self) -> None:
+        super().set()
+        for callback in list(self._callbacks):
+            try:
+                callback()
+            except Exception:  # best effort: the worker also stops at its next check
+                pass
+
+
 def sleep(seconds: float, reporter: Reporter, on_tick: Callable[[], None] | None = None) -> None:
     """Sleep `seconds`, checking for Cancel every tick and calling `on_tick` about once a second."""
     end = time.monotonic() + seconds
@@ -86,15 +131,18 @@ def sleep(seconds: float, reporter: Reporter, on_tick: Callable[[], None] | None
         time.sleep(min(TICK_S, end - now))
 
 
-def run_cancellable(fn: Callable[[threading.Event], T], reporter: Reporter,
-                    on_tick: Callable[[], None] | None = None) -> T:
+def run_cancellable(fn: Callable[[CancelEvent], T], reporter: Reporter,
+                    on_tick: Callable[[], None] | None = None, *,
+                    deadline: Deadline | None = None,
+                    on_deadline: Callable[[], BaseException] | None = None) -> T:
     """Run blocking `fn(cancel_event)` in a worker thread; return its result or raise its error.
 
-    The caller's thread keeps checking for Cancel. On Cancel the event is set (fn should stop at
-    its next chunk and clean up) and the cancellation error is raised at once, without waiting for
-    a socket that may be stalled.
+    The caller's thread keeps checking for Cancel and, with a `deadline`, the clock. On Cancel the
+    event is set (fn should stop at its next chunk and clean up) and the cancellation error is
+    raised at once, without waiting for a socket that may be stalled; when the deadline passes
+    the same happens with the error `on_deadline()` makes.
     """
-    cancel = threading.Event()
+    cancel = CancelEvent()
     box: dict = {}
 
     def target():
@@ -109,7 +157,9 @@ def run_cancellable(fn: Callable[[threading.Event], T], reporter: Reporter,
     try:
         while worker.is_alive():
             reporter.check_interrupt()
-            worker.join(TICK_S)
+            if deadline is not None and on_deadline is not None and deadline.left() <= 0:
+                raise on_deadline()
+            worker.join(TICK_S if deadline is None else max(0.0, min(TICK_S, deadline.left())))
             if on_tick is not None and time.monotonic() >= next_tick:
                 on_tick()
                 next_tick = time.monotonic() + 1.0

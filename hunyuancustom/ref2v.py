@@ -24,11 +24,12 @@ import torch
 from . import journal as journal_module
 from .atomic import check_writable_dir, replacing
 from .client import ClientOptions, WaveSpeedClient
-from .config import ApiKey, Settings, load_api_key, load_settings
+from .config import ApiKey, Settings, load_api_key, load_settings, same_server
 from .errors import (
     ApiError,
     DownloadError,
     Interrupted,
+    KeyRootError,
     MalformedResponseError,
     NSFWError,
     OutputExpiredError,
@@ -56,7 +57,7 @@ from .journal import (
 )
 from .params import CloudModel, validate_request
 from .prediction import Prediction
-from .progress import NullReporter, Reporter, sleep
+from .progress import Deadline, NullReporter, Reporter, sleep
 from .video import decode_frames, probe
 
 log = logging.getLogger(__name__)
@@ -313,11 +314,14 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
          settings: Settings, api_key: ApiKey, decode: bool, options: ClientOptions | None,
          job: _Job | None) -> Ref2VResult:
     resumed = job is not None and job.resumed
+    deadline = Deadline.after(settings.timeout_s)  # the whole job, upload to download
     # A task is polled where it was submitted, whatever the settings say now.
     api_base = (job.row.api_base if resumed else None) or settings.api_base
+    _check_key_root(api_key, api_base, settings, job)
     client_reporter = _KeepAlive(reporter, job) if job is not None else reporter
     with WaveSpeedClient(api_key, api_base, reporter=client_reporter,
-                         options=options or ClientOptions()) as client:
+                         options=options or ClientOptions(), key_root=settings.api_base,
+                         deadline=deadline) as client:
         if resumed:
             pred = _resume(client, job, settings, reporter)
         else:
@@ -501,31 +505,79 @@ def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageI
     reporter.status("Submitting task")
     try:
         pred = client.submit(model.model_id, body)
-    except (SubmitUncertainError, MalformedResponseError) as e:
-        if job is not None:
-            job.note(release=True, status=UNCERTAIN, error=str(e))
-        raise
-    except ApiError as e:  # refused (401, 402, 403, 400, 429 exhausted, unreachable): no task
-        if job is not None:
-            job.note(release=True, status=REJECTED, error=str(e))
-        raise
-    except (Interrupted, KeyboardInterrupt):  # cancelled while the POST was in flight
-        if job is not None:
-            job.note(release=True, status=UNCERTAIN,
-                     error="The run was cancelled while the submit was in flight.")
-        raise
-    except Exception as e:  # the POST went out, its answer could not be handled: a task may exist
-        err = SubmitUncertainError(f"The submit's answer could not be read ({type(e).__name__}: "
-                                   f"{str(e)[:200]}); the task may or may not have been created. "
-                                   "It was not resubmitted, so you are not billed twice: check "
-                                   "your WaveSpeedAI dashboard before running again.")
-        if job is not None:
-            job.note(release=True, status=UNCERTAIN, error=str(err))
+    except BaseException as e:
+        err = _submit_failed(client, job, reporter, e)
+        if err is e:
+            raise
         raise err from e
     if job is not None:
         job.note(status=pred.status if pred.status in PENDING else "created", task_id=pred.id,
                  submitted_at=time.time(), info=pred.info())
     return pred
+
+
+def _submit_failed(client: WaveSpeedClient, job: _Job | None, reporter: Reporter,
+                   e: BaseException) -> BaseException:
+    """Record in the journal what a failed submit leaves behind; return the error to raise."""
+    if not client.submit_in_doubt and not isinstance(e, ApiError):
+        # Cancelled before the POST left (or while waiting out a 429): there is no task.
+        _forget(job)
+        return e
+    error = str(e)
+    if isinstance(e, (SubmitUncertainError, MalformedResponseError)):
+        status = UNCERTAIN
+    elif isinstance(e, ApiError):  # refused (400, 401, 402, 403, 429...) or never sent: no task
+        status = REJECTED
+    elif isinstance(e, (Interrupted, KeyboardInterrupt)) or not isinstance(e, Exception) \
+            or _cancelled(reporter):  # ComfyUI's Cancel raises its own exception type
+        status, error = UNCERTAIN, "The run was cancelled while the submit was in flight."
+    else:  # the POST went out, its answer could not be handled: a task may exist
+        e = SubmitUncertainError(f"The submit's answer could not be read ({type(e).__name__}: "
+                                 f"{str(e)[:200]}); the task may or may not have been created. "
+                                 "It was not resubmitted, so you are not billed twice: check "
+                                 "your WaveSpeedAI dashboard before running again.")
+        status, error = UNCERTAIN, str(e)
+    if job is not None:
+        job.note(release=True, status=status, error=error)
+    return e
+
+
+def _cancelled(reporter: Reporter) -> bool:
+    try:
+        reporter.check_interrupt()
+    except BaseException:
+        return True
+    return False
+
+
+def _forget(job: _Job | None) -> None:
+    """Drop the row of a job that reached no provider: it would only block or mislead."""
+    if job is None:
+        return
+    try:
+        job.journal.delete_owned(job.row.id)  # never a row another process took over
+        job.held = False
+    except JournalError:
+        pass
+
+
+def _check_key_root(api_key: ApiKey, api_base: str, settings: Settings, job: _Job | None) -> None:
+    """Stop, sending nothing, when the key was set for another server than `api_base`."""
+    key_root = api_key.root or settings.api_base.rstrip("/")
+    if same_server(api_base, key_root):
+        return
+    if job is None or not job.resumed:
+        _forget(job)
+        raise KeyRootError(f"The API key from {api_key.source} was set for {key_root}, but "
+                           f"api_base is now {api_base}: the key is not sent to another server. "
+                           f"Set the key again for {api_base}, or point api_base back to "
+                           f"{key_root}.")
+    raise KeyRootError(
+        f"Task {job.row.task_id} (journal job {job.row.id}) is pending at {api_base}, but the API "
+        f"key from {api_key.source} is for {key_root}, so it is not sent there. To resume the "
+        f"task, set the key for {api_base} (or point api_base back to it) and run again; to give "
+        f"the task up and submit anew (paid again), run `python -m hunyuancustom jobs abandon "
+        f"{job.row.id}` first.")
 
 
 def _upload(client: WaveSpeedClient, image: ImageInput, settings: Settings, job: _Job | None) -> str:

@@ -6,8 +6,9 @@ DELETE /hunyuancustom/key  -> the same status, key file removed
 
 Every request passes `key_guard.check_key_request` (loopback peer, no proxy, loopback Host, same
 origin, JSON writes); HUNYUANCUSTOM_KEY_ROUTES=off refuses them all. The key goes from the
-request body straight to the 0600 key file: it is never logged, echoed or kept in ComfyUI's
-settings store.
+request body straight to the 0600 key file, with the API root configured now (the only server it
+will be sent to): it is never logged, echoed or kept in ComfyUI's settings store. A key that is
+not printable ASCII without spaces is refused with a 400 that says so.
 """
 
 from __future__ import annotations

@@ -131,13 +131,15 @@ def browser_run(tmp_path_factory):
         cfg = {
             "url": comfy.url + "/", "chromium": str(CHROMIUM), "secret": SECRET,
             "workflows": workflows, "cloudWorkflow": CLOUD_WORKFLOW,
-            "keyFile": str(comfy.data_dir / "api_key"), "failMarker": FAIL_MARKER,
+            "keyFile": str(comfy.data_dir / "api_key"), "apiBase": api.base_url,
+            "failMarker": FAIL_MARKER,
             "screenshot": str(tmp / "cloud-node.png"), "userDataDir": str(tmp / "chromium-profile"),
         }
         report, r = _run_script(cfg, tmp, modules)
         log = comfy.log_text()
         api_requests = list(getattr(api, "requests", []))
     report["_url"] = cfg["url"]
+    report["_api_base"] = cfg["apiBase"]
     report["_stderr"] = r.stderr[-3000:]
     report["_comfy_log"] = log
     report["_api_requests"] = api_requests
@@ -267,7 +269,7 @@ def test_status_line_ticks_while_the_job_waits_and_clears_after(browser_run):
 
 def test_key_is_on_disk_only_in_the_key_file(browser_run):
     """ComfyUI's settings, user data, workflows and the browser profile never hold the key."""
-    _, tmp = browser_run
+    report, tmp = browser_run
     key_file = tmp / "comfy" / "hunyuancustom-data" / "api_key"
     leaks = []
     for path in tmp.rglob("*"):
@@ -279,7 +281,8 @@ def test_key_is_on_disk_only_in_the_key_file(browser_run):
         except OSError:
             continue
     assert leaks == []
-    assert key_file.read_text().strip() == SECRET  # set again after the delete, for the run
+    # Set again after the delete, for the run, with the root it is for.
+    assert json.loads(key_file.read_text()) == {"key": SECRET, "api_base": report["_api_base"]}
 
 
 def test_cancel_clears_the_status_line(browser_run):

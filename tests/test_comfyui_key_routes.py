@@ -69,7 +69,9 @@ def test_settings_dialog_sets_reads_and_deletes_the_key(comfy, route):
     assert saved.json() == {"set": True, "source": "file", "last4": SECRET[-4:]}
     assert SECRET not in saved.text
     assert saved.headers.get("Cache-Control") == "no-store"
-    assert key_file(comfy).read_text() == SECRET
+    # Stored with the API root it is for (this ComfyUI's configured one, the default).
+    assert json.loads(key_file(comfy).read_text()) == {"key": SECRET,
+                                                       "api_base": "https://api.wavespeed.ai/api/v2"}
     assert stat.S_IMODE(key_file(comfy).stat().st_mode) == 0o600
 
     again = requests.get(url, headers=same_origin(comfy), timeout=10)
@@ -90,6 +92,11 @@ def test_a_bad_key_value_is_refused_without_echoing_it(comfy):
                         timeout=10)
     assert bad.status_code == 400 and "whitespace" in bad.json()["error"]
     assert "has space" not in bad.text
+    # Not Latin-1: every run would fail encoding the header; refused when set, naming what is allowed.
+    bad = requests.post(url, data=json.dumps({"key": "sk-ключ-4321"}), headers=same_origin(comfy),
+                        timeout=10)
+    assert bad.status_code == 400 and "printable ASCII" in bad.json()["error"]
+    assert "ключ" not in bad.text and "\\u043a" not in bad.text
     assert requests.post(url, data="not json", headers=same_origin(comfy), timeout=10).status_code == 400
     assert not key_file(comfy).exists()
 

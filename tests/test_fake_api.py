@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import av
@@ -213,6 +214,33 @@ def test_expired_and_truncated_outputs(api):
     api.set_scenario(output_status=None, output_ttl_s=0.0)
     assert requests.get(url, timeout=10).status_code == 404
     assert api.stats()["downloads"] == 4
+
+
+def test_redirected_trickled_and_stalled_answers(api):
+    api.set_scenario(processing_polls=0, output_redirect_host="localhost")
+    url = requests.get(submit(api).json()["data"]["urls"]["get"], headers=AUTH, timeout=10
+                       ).json()["data"]["outputs"][0]
+    first = requests.get(url, timeout=10, allow_redirects=False)
+    assert first.status_code == 302
+    assert first.headers["Location"] == f"http://localhost:{api.port}{url[len(api.origin):]}"
+    assert requests.get(url, timeout=10).content == requests.get(first.headers["Location"]).content
+
+    api.set_scenario(output_redirect_host=None, output_trickle_s=60.0, output_trickle_interval_s=0.01)
+    with requests.get(url, stream=True, timeout=10) as r:  # announced whole, sent a byte at a time
+        assert int(r.headers["Content-Length"]) > 3
+        assert [r.raw.read(1) for _ in range(3)] and api.stalled.is_set()
+        api.release_stalls()  # ... until told to stop: then the connection is cut
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            r.content  # noqa: B018 - reading the body is the test
+
+    api.set_scenario(submit_stall_s=60.0)
+    answer = {}
+    t = threading.Thread(target=lambda: answer.update(r=submit(api)))
+    t.start()
+    assert api.stalled.wait(10) and len(api.task_ids()) == 2  # created before the answer
+    api.release_stalls()
+    t.join(10)
+    assert answer["r"].status_code == 200
 
 
 def test_custom_video_and_time_based_completion(api, tmp_path):

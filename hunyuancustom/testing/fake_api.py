@@ -100,8 +100,9 @@ class Scenario:
     # The MP4 served as every task's output; None = a small generated test video.
     video_path: str | Path | None = None
     # Stalls, to test Cancel mid-transfer: the media upload is answered only after this long, and
-    # output downloads send half the file, then pause this long. Both end early on
-    # `release_stalls()` or when the server stops.
+    # output downloads send half the file, then pause this long; a submit creates its task, then
+    # answers only after `submit_stall_s`. All end early on `release_stalls()` or when the
+    # server stops.
     upload_stall_s: float = 0.0
     output_stall_s: float = 0.0
     # Only the first N media uploads stall (None: every one), so a second client's upload of the
@@ -110,6 +111,7 @@ class Scenario:
     # Each task gets its own real MP4 (made at its submit; the n-th such task has 9 + n frames),
     # so a test can tell whose video a file is (`FakeWaveSpeed.task_video`). Overrides video_path.
     distinct_videos: bool = False
+    submit_stall_s: float = 0.0
     # Hostile: the first N output downloads are sent with no Content-Length, cut after half the
     # file, and the connection closed cleanly, so the client sees an ordinary end of body.
     output_cut_no_length_first_n: int = 0
@@ -117,6 +119,14 @@ class Scenario:
     # this as timings.inference (e.g. float("nan"), float("inf")).
     output_url: str | None = None
     inference_value: Any = None
+    # Hostile: output downloads answer 302 to the same path under this host name (e.g.
+    # "localhost" for a server reached as 127.0.0.1), so a redirect crosses to another host.
+    output_redirect_host: str | None = None
+    # Hostile: output downloads announce the whole file, then send it one byte every
+    # `output_trickle_interval_s`, for at most `output_trickle_s` seconds, then cut the connection.
+    # Ends early (and cuts) on `release_stalls()` or when the server stops.
+    output_trickle_s: float = 0.0
+    output_trickle_interval_s: float = 0.05
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Scenario:
@@ -625,7 +635,9 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 self._send_json(*_error(400, "body: not valid JSON"))
                 return
-            self._send_json(*api._submit(root, m_submit.group(1), payload))
+            answer = api._submit(root, m_submit.group(1), payload)
+            api._stall(api.scenario.submit_stall_s)
+            self._send_json(*answer)
         elif endpoint == "result":
             self._send_json(*api._result(m_result.group(1)))
         else:
@@ -704,7 +716,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, _envelope(200, "success", info))
 
     def _serve_file(self, name: str, head: bool) -> None:
-        if not head and self._serve_cut_output(name):
+        if self._redirect_output(name):
+            return
+        if not head and (self._serve_cut_output(name) or self._serve_trickle(name)):
             return
         status, data, ctype, drop = self.server.api._file(name)
         if status != 200 or data is None:
@@ -756,6 +770,42 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
         return True
+
+    # --- hostile scenario: output_redirect_host ---
+    def _redirect_output(self, name: str) -> bool:
+        host = self.server.api.scenario.output_redirect_host
+        asked = urlsplit("//" + (self.headers.get("Host") or "")).hostname
+        if host is None or asked == host.lower():
+            return False
+        self.send_response(302)
+        self.send_header("Location", f"http://{host}:{self.server.api.port}/files/{name}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
+    # --- hostile scenario: output_trickle_s ---
+    def _serve_trickle(self, name: str) -> bool:
+        """Announce a task output, then trickle it a byte at a time and cut (True if it did)."""
+        api = self.server.api
+        plan = api.scenario
+        with api._lock:
+            entry = api._files.get(name)
+            if entry is None or not isinstance(entry[0], Path) or plan.output_trickle_s <= 0:
+                return False
+            api._counts["downloads"] += 1
+        data = entry[0].read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", entry[1])
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        api.stalled.set()
+        end = time.monotonic() + plan.output_trickle_s
+        for byte in data[:-1]:  # never the whole file: the download cannot finish on its own
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            if api._unstall.wait(plan.output_trickle_interval_s) or time.monotonic() >= end:
+                break
+        raise _Drop()
 
     def _control(self, method: str, path: str, body: bytes) -> None:
         api = self.server.api

@@ -159,7 +159,9 @@ async function checkKey(page, bodies) {
     (await (await fetch("api/settings")).text()).includes(s), cfg.secret);
   report.key.workflowHasSecret = await page.evaluate((s) =>
     JSON.stringify(window.app.graph.serialize()).includes(s), cfg.secret);
-  report.key.fileHoldsKey = fs.existsSync(cfg.keyFile) && fs.readFileSync(cfg.keyFile, "utf8").trim() === cfg.secret;
+  // The key file holds the key and the API root it was set for (the one ComfyUI is configured with).
+  const stored = fs.existsSync(cfg.keyFile) ? JSON.parse(fs.readFileSync(cfg.keyFile, "utf8")) : {};
+  report.key.fileHoldsKey = stored.key === cfg.secret && stored.api_base === cfg.apiBase;
   await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-settings.png") });
 
   // A reload shows the stored key's status again (the round trip through the server).
