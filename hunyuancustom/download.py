@@ -136,11 +136,10 @@ def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: CancelEve
             broken = mp4_incomplete(tmp)
             if broken:
                 raise _Truncated(f"the downloaded MP4 {broken}")
-            try:
-                return probe(tmp)
-            except DownloadError as e:  # name the URL and task, not the hidden temporary file
-                raise DownloadError(f"{str(e).replace(Path(tmp).name, 'the download')} "
-                                    f"(from {url})", task_id=task_id) from None
+            try:  # errors name the URL and the file asked for, not the hidden temporary file
+                return probe(tmp, name=f"the output for {dest}")
+            except DownloadError as e:
+                raise DownloadError(f"{e} (from {url}). Nothing was saved.", task_id=task_id) from None
 
 
 def _shut(resp: requests.Response) -> None:

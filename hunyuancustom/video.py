@@ -27,20 +27,23 @@ class VideoInfo:
     height: int
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Frame count (exact: counted by stream copy, no decode), fps and size of a video file."""
+def probe(path: str | Path, name: str | None = None) -> VideoInfo:
+    """Frame count (exact: counted by stream copy, no decode), fps and size of a video file.
+    `name` is how errors call the file (a download's temporary name means nothing to a user)."""
     path = str(path)
+    name = name or Path(path).name
     try:
         gen = imageio_ffmpeg.read_frames(path)
         meta = next(gen)
         gen.close()
         frames, _secs = imageio_ffmpeg.count_frames_and_secs(path)
     except (OSError, RuntimeError, StopIteration) as e:
-        first_line = (str(e).splitlines() or [""])[0][:200]
-        raise DownloadError(f"Not a readable video: {Path(path).name} ({first_line})") from None
+        first_line = (str(e).splitlines() or [""])[0]
+        first_line = first_line.replace(path, name).replace(Path(path).name, name)[:200]
+        raise DownloadError(f"Not a readable video: {name} ({first_line})") from None
     width, height = meta["size"]
     if frames <= 0:
-        raise DownloadError(f"The video {Path(path).name} has no frames.")
+        raise DownloadError(f"The video {name} has no frames.")
     return VideoInfo(frames=int(frames), fps=float(meta.get("fps") or 0.0), width=int(width),
                      height=int(height))
 

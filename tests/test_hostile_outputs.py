@@ -141,3 +141,22 @@ def test_unusable_output_url_fails_the_job_clearly_once(api, image, tmp_path, fa
     assert "allowed: an http(s) URL" in str(e.value) and type(e.value).__name__ == "ApiError"
     assert journal.get(api.task_ids()[0]).status == "failed"  # not polled again on every rerun
     assert api.stats()["downloads"] == 0 and not (tmp_path / "a.mp4").exists()
+
+
+# --- issue 10 item 14b: an output that is not a video is named by its URL, not the temp file -----
+
+
+def test_an_output_that_is_not_a_video_names_the_url_and_the_file_not_the_temp(api, image, tmp_path, fast,
+                                                                                journal):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"<html>Service Unavailable</html>" * 200)
+    api.set_scenario(Scenario(video_path=garbage))
+    dest = tmp_path / "out" / "clip.mp4"
+    with pytest.raises(Exception) as info:
+        run(api, image, dest, fast, journal)
+    message = str(info.value)
+    url = journal.get(api.task_ids()[0]).output_url
+    assert "Not a readable video" in message, message
+    assert url and url in message and str(dest) in message
+    assert ".part" not in message and ".clip." not in message
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
