@@ -23,7 +23,7 @@ from typing import Any, Callable
 from .client import ClientOptions
 from .config import ApiKey, Settings, load_api_key, load_settings
 from .errors import HunyuanCustomError, Interrupted, ValidationError
-from .journal import Journal, canonical_json, content_ref, fingerprint
+from .journal import Journal, canonical_json, fingerprint
 from .params import REF2V_720P, CloudModel, validate_request
 from .progress import NullReporter, Reporter
 from .ref2v import ImageInput, Ref2VResult, run_ref2v
@@ -107,8 +107,7 @@ def validate_jobs(jobs: list[BatchJob]) -> list[str]:
                                                 "image": job.image.url or "https://placeholder.invalid/"})
         except ValidationError as e:
             raise ValidationError(e.field, f"{e.problem} ({label})") from None
-        ref = content_ref(job.image.png) if job.image.png is not None else "url:" + str(job.image.url)
-        fps.append(fingerprint(job.model.model_id, body, ref)[0])
+        fps.append(fingerprint(job.model.model_id, body, job.image.ref)[0])
     return fps
 
 

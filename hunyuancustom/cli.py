@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -145,16 +146,23 @@ def _settings(args: argparse.Namespace):
     return settings
 
 
-def _image_input(value: str, base: Path | None = None):
+def _image_input(value: str, base: Path | None = None, seen: dict | None = None):
+    """The image a flag or jobs line names. With `seen`, each distinct file (or URL) is read once
+    and its one ImageInput (bytes and content hash) is shared by every line that names it."""
     from .ref2v import ImageInput
     from .video import read_image_file
 
-    if value.startswith(("http://", "https://")):
-        return ImageInput(url=value)
+    is_url = value.startswith(("http://", "https://"))
     path = Path(value).expanduser()
-    if base is not None and not path.is_absolute():
+    if base is not None and not is_url and not path.is_absolute():
         path = base / path
-    return ImageInput(png=read_image_file(path), filename=path.name)
+    key = value if is_url else os.path.realpath(path)
+    if seen is not None and key in seen:
+        return seen[key]
+    image = ImageInput(url=value) if is_url else ImageInput(png=read_image_file(path), filename=path.name)
+    if seen is not None:
+        seen[key] = image
+    return image
 
 
 def _params_from_args(args: argparse.Namespace) -> dict:
@@ -202,7 +210,7 @@ def read_jobs_file(path: Path, output_dir: Path, default_model: str) -> list:
     except UnicodeDecodeError as e:
         raise ValidationError("jobs_file", f"{path} is not UTF-8 text (byte {e.start}); allowed: "
                                            "JSON lines saved as UTF-8") from None
-    jobs, outputs = [], set()
+    jobs, outputs, images = [], set(), {}
     known = {p.name for p in REF2V_720P.params} | set(_LINE_ONLY)
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -223,7 +231,7 @@ def read_jobs_file(path: Path, output_dir: Path, default_model: str) -> list:
             raise ValidationError("image", f"is required: a file path or an http(s) URL ({where})")
         try:
             model = model_for(str(obj.get("model", default_model)))
-            img = _image_input(image, base=path.parent)
+            img = _image_input(image, base=path.parent, seen=images)
         except ValidationError as e:
             raise ValidationError(e.field, f"{e.problem} ({where})") from None
         out = obj.get("output") or f"{len(jobs) + 1:03d}.mp4"

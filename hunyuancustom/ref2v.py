@@ -9,6 +9,7 @@ served from disk instead of paid for again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -51,7 +52,6 @@ from .journal import (
     JobRow,
     Journal,
     JournalError,
-    content_ref,
     file_identity,
     fingerprint,
 )
@@ -76,6 +76,17 @@ class ImageInput:
             raise ValidationError("image", "give exactly one of an image or an image URL")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ValidationError("image", f"a URL must start with http:// or https://, got {self.url!r}")
+
+    @functools.cached_property
+    def sha256(self) -> str | None:
+        """Hex sha256 of the PNG bytes (None for a URL), computed once however many jobs share
+        this image (a jobs file's lines naming one file do)."""
+        return hashlib.sha256(self.png).hexdigest() if self.png is not None else None
+
+    @property
+    def ref(self) -> str:
+        """What the journal knows the image by: its content, or its URL."""
+        return "sha256:" + self.sha256 if self.png is not None else "url:" + str(self.url)
 
 
 @dataclass
@@ -148,7 +159,7 @@ def run_ref2v(
         reporter.check_interrupt()
         return _run(model, image, body, dest, reporter, settings, api_key, decode, options, None)
 
-    image_ref = content_ref(image.png) if image.png is not None else "url:" + str(image.url)
+    image_ref = image.ref
     fp, request = fingerprint(model.model_id, body, image_ref)
     seed = body["seed"]
     # A saved result needs neither the key nor the network.
@@ -583,7 +594,7 @@ def _check_key_root(api_key: ApiKey, api_base: str, settings: Settings, job: _Jo
 def _upload(client: WaveSpeedClient, image: ImageInput, settings: Settings, job: _Job | None) -> str:
     if job is None:
         return client.upload(image.png, image.filename, "image/png")
-    sha = hashlib.sha256(image.png).hexdigest()
+    sha = image.sha256
     with job.journal.upload_lock(sha):
         url = job.journal.cached_upload(sha, settings.api_base, settings.upload_max_age_s)
         if url is not None:
