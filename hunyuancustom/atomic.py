@@ -4,13 +4,25 @@ Every file the pack writes for a user (a downloaded or cached video, a preview, 
 converted checkpoint) is written under a hidden temporary name beside its target, flushed to disk,
 and renamed over the target only when complete. On any error, Cancel included, the temporary file
 is removed, so neither a crash nor an interrupt leaves a half-written file under a real name.
+
+A process killed outright (kill -9, power loss) cannot remove its temporary file, so each one's name
+says who wrote it: `.<stem>.hc<pid>-<start>-<host>.<random><suffix>`, where `start` tells a reused
+pid from the writer (the process's start time, on Linux) and `host` is a hash of the host name.
+`remove_stale_temps` (run before each download into a folder) deletes those whose writer is gone:
+on this host a pid that is dead or now another process. Where that cannot be told (another host
+sharing the folder; Windows; a running pid on a system without start times; a name from before
+names carried a writer), only a file untouched for a day counts as stale.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +44,83 @@ def _umask() -> int:
     return old
 
 
+STALE_TEMP_AGE_S = 86400.0  # a temp whose writer cannot be asked about is stale after a day untouched
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+# mkstemp's random part: 8 characters of [a-z0-9_].
+_TEMP = re.compile(r"\.(?P<stem>.+)\.hc(?P<pid>\d+)-(?P<start>\d+)-(?P<host>[0-9a-f]{6})"
+                   r"\.[a-z0-9_]{8}\..+")
+_LEGACY_TEMP = re.compile(r"\..+\.[a-z0-9_]{8}\.part")  # a download's, before writers were named
+
+
+def _start_token(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, from /proc), or "0" if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:].split()[19].decode("ascii")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return "0"
+
+
+def _writer_tag() -> str:
+    pid = os.getpid()  # asked each time: a forked child is another writer
+    return f"hc{pid}-{_start_token(pid)}-{_HOST}"
+
+
+def _writer_gone(pid: int, start: str) -> bool | None:
+    """True if process `pid` (started at `start`) has ended, False if it is still running, None
+    where that cannot be told (then only the file's age counts)."""
+    if os.name != "posix":  # os.kill on Windows would terminate the process, not probe it
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    except OSError:
+        return None
+    now = _start_token(pid)
+    if start == "0" or now == "0":  # no start times here: the pid may have been reused
+        return None
+    return now != start  # a different start: the pid now belongs to a newer process
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete this pack's temporary files in `folder` whose writer is gone (see the module
+    docstring); return them. A live writer's file is never touched; errors are ignored (a file
+    another process removed first, a folder that cannot be listed)."""
+    removed = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not name.startswith("."):
+            continue
+        m = _TEMP.fullmatch(name)
+        gone = None
+        if m is not None:
+            if m["host"] == _HOST:
+                gone = _writer_gone(int(m["pid"]), m["start"])
+        elif not _LEGACY_TEMP.fullmatch(name):
+            continue  # not this pack's
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if gone is None:
+                gone = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE_S
+            if gone:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends normally the file written there
@@ -40,7 +129,7 @@ def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | Non
     is written (the key file is 0600 from its first moment); by default 0666 less the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{_writer_tag()}.", suffix=suffix, dir=path.parent)
     if mode is None:  # mkstemp makes 0600; a video is an ordinary output, as open() would make it
         mode = 0o666 & ~_umask()
     try:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import requests
 
-from .atomic import replacing
+from .atomic import remove_stale_temps, replacing
 from .errors import DownloadError, OutputExpiredError, TaskTimeoutError
 from .mp4check import mp4_incomplete
 from .progress import CancelEvent, Deadline, NullReporter, Reporter, run_cancellable, sleep
@@ -42,6 +42,7 @@ def download_video(
     sleep_fn = sleep_fn or (lambda s: sleep(s, reporter))
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dest.parent)  # left by downloads killed outright (kill -9, power loss)
     last: Exception | None = None
     for attempt in range(attempts):
         reporter.check_interrupt()
