@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from local_models import backbone_state_dict, write_released_fp8, write_released_pt
 from modes_models import audio_state_dict
 
 from hunyuancustom.cli import main
-from hunyuancustom.local.checkpoint import read_checkpoint
+from hunyuancustom.local.checkpoint import CheckpointError, read_checkpoint
 
 
 def test_convert_released_pt(tmp_path, capsys):
@@ -45,3 +46,28 @@ def test_convert_refuses_to_overwrite_and_bad_input(tmp_path, capsys):
     assert main(["convert", str(bad), str(tmp_path / "x.safetensors")]) == 2
     assert "source" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def _damaged_copies(tmp_path):
+    """A real checkpoint of each kind cut in half: what an interrupted download leaves."""
+    sd = backbone_state_dict()
+    pt = write_released_pt(tmp_path / "cut.pt", sd)
+    st = tmp_path / "cut.safetensors"
+    assert main(["convert", str(pt), str(st)]) == 0
+    for p in (pt, st):
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+    return pt, st
+
+
+def test_a_damaged_checkpoint_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    for src in _damaged_copies(tmp_path):
+        with pytest.raises(CheckpointError, match=rf"{src.name} (is not a readable safetensors|cannot be "
+                                                  r"read with torch.load)"):
+            read_checkpoint(src)
+        capsys.readouterr()
+        dst = tmp_path / f"from_{src.stem}_{src.suffix[1:]}.safetensors"
+        assert main(["convert", str(src), str(dst)]) == 2
+        err = capsys.readouterr().err
+        assert "source" in err and src.name in err and "Traceback" not in err
+        assert not dst.exists()

@@ -234,7 +234,12 @@ def load_raw(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint file not found: {p}")
     if p.suffix in (".safetensors", ".sft"):
         from safetensors.torch import load_file
-        return strip_prefix(load_file(str(p)))
+        try:
+            sd = load_file(str(p))
+        except Exception as e:  # noqa: BLE001 - safetensors has its own error types for damaged files
+            raise CheckpointError(f"{p.name} is not a readable safetensors file ({type(e).__name__}: "
+                                  f"{str(e)[:200]}); download or convert it again") from None
+        return strip_prefix(sd)
     if p.suffix in (".pt", ".pth", ".ckpt", ".bin"):
         try:
             sd = _torch_load(p)
