@@ -58,14 +58,15 @@ from .journal import (
 from .params import CloudModel, validate_request
 from .prediction import Prediction
 from .progress import Deadline, NullReporter, Reporter, sleep
-from .video import decode_frames, probe
+from .video import decode_frames, image_content_type, probe
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ImageInput:
-    """The reference image as the user gave it: PNG bytes to upload, or a URL to pass as is."""
+    """The reference image as the user gave it: image file bytes to upload (PNG from the nodes,
+    the file as it is from the CLI), or a URL to pass as is."""
 
     png: bytes | None = None
     url: str | None = None
@@ -82,6 +83,11 @@ class ImageInput:
         """Hex sha256 of the PNG bytes (None for a URL), computed once however many jobs share
         this image (a jobs file's lines naming one file do)."""
         return hashlib.sha256(self.png).hexdigest() if self.png is not None else None
+
+    @property
+    def content_type(self) -> str:
+        """The upload's Content-Type, from the bytes themselves (the CLI uploads JPEGs as they are)."""
+        return image_content_type(self.png) if self.png is not None else ""
 
     @property
     def ref(self) -> str:
@@ -593,13 +599,13 @@ def _check_key_root(api_key: ApiKey, api_base: str, settings: Settings, job: _Jo
 
 def _upload(client: WaveSpeedClient, image: ImageInput, settings: Settings, job: _Job | None) -> str:
     if job is None:
-        return client.upload(image.png, image.filename, "image/png")
+        return client.upload(image.png, image.filename, image.content_type)
     sha = image.sha256
     with job.journal.upload_lock(sha):
         url = job.journal.cached_upload(sha, settings.api_base, settings.upload_max_age_s)
         if url is not None:
             return url
-        url = client.upload(image.png, image.filename, "image/png")
+        url = client.upload(image.png, image.filename, image.content_type)
         try:
             job.journal.record_upload(sha, settings.api_base, url)
         except JournalError as e:

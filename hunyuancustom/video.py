@@ -165,6 +165,25 @@ MAX_IMAGE_FILE_BYTES = 30 << 20
 _READ_CHUNK = 1 << 20
 
 
+# Magic bytes of the image formats a reference may come in, for the upload's Content-Type.
+_IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                     (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
+
+
+# Sent as they are; any other format a file comes in is converted to PNG first.
+WEB_IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+def image_content_type(data: bytes) -> str:
+    """The MIME type of image file bytes, told by their content (a JPEG named .png is a JPEG)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, mime in _IMAGE_SIGNATURES:
+        if data.startswith(magic):
+            return mime
+    return "application/octet-stream"
+
+
 def read_image_file(path: str | Path, field: str = "image", max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
     """Bytes of an image file after checking that it decodes (a clear error naming `field` if not).
 
@@ -190,7 +209,9 @@ def read_image_file(path: str | Path, field: str = "image", max_bytes: int = MAX
     data = b"".join(chunks)
     del chunks
     try:  # decoded once to prove it is an image; the pixels are dropped at once
-        iio.imread(io.BytesIO(data), plugin="pillow")
+        pixels = iio.imread(io.BytesIO(data), plugin="pillow")
     except Exception as e:  # imageio raises several types for undecodable input
         raise ValidationError(field, f"{p} is not a readable image ({type(e).__name__})") from None
+    if image_content_type(data) not in WEB_IMAGE_TYPES:  # e.g. TIFF: sent as PNG, which any API reads
+        return iio.imwrite("<bytes>", pixels, extension=".png")
     return data

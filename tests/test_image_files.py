@@ -15,6 +15,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import requests
 from test_cli import cli, write_jobs
 
 from hunyuancustom.batch import validate_jobs
@@ -117,3 +118,24 @@ def test_a_jobs_line_naming_dev_zero_fails_naming_the_line_before_any_request(ap
 def test_a_directory_as_the_image_is_a_clear_error(tmp_path):
     with pytest.raises(ValidationError, match=r"image: cannot read .*: Is a directory"):
         read_image_file(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_an_image_file_is_uploaded_with_the_type_its_bytes_are(api, tmp_path, suffix):
+    # A JPEG goes up as it is and says so; a format an API may not read (TIFF) goes up as PNG.
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    path = tmp_path / f"ref{suffix}"
+    iio.imwrite(path, pixels)
+    proc = cli("ref2v", "--image", path, "--prompt", "x", "--seed", 1, "-o", tmp_path / "o.mp4",
+               "--api-base", api.base_url)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    body = next(r.json for r in api.requests if r.method == "POST" and "/wavespeed-ai/" in r.path)
+    served = requests.get(body["image"], timeout=10)
+    if suffix == ".jpg":
+        assert served.headers["Content-Type"] == "image/jpeg"
+        assert served.content == path.read_bytes()
+    else:
+        assert served.headers["Content-Type"] == "image/png"
+        assert served.content.startswith(b"\x89PNG\r\n\x1a\n")  # really a PNG, not TIFF bytes
+        assert np.array_equal(iio.imread(served.content), pixels)
