@@ -197,16 +197,19 @@ def cmd_ref2v(args: argparse.Namespace, reporter: StderrReporter) -> int:
 # --- batch ------------------------------------------------------------------------------------------
 
 _LINE_ONLY = ("image", "model", "output")
+# Far above any real batch (a line is a few hundred bytes); what it stops is a device such as
+# /dev/zero, read until memory runs out.
+MAX_JOBS_FILE_BYTES = 64 << 20
 
 
 def read_jobs_file(path: Path, output_dir: Path, default_model: str) -> list:
     """Parse and check every line of a jobs file (errors name the line) before anything runs."""
     from .batch import BatchJob
+    from .readfile import read_capped
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ValidationError("jobs_file", f"cannot read {path}: {e.strerror or e}") from None
+        text = read_capped(path, "jobs_file", MAX_JOBS_FILE_BYTES, "a jobs file", "a JSON Lines "
+                           "file up to that size (split a bigger batch into several files)").decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValidationError("jobs_file", f"{path} is not UTF-8 text (byte {e.start}); allowed: "
                                            "JSON lines saved as UTF-8") from None

@@ -7,7 +7,6 @@ is the result plus one raw frame (core's PyAV path keeps every frame twice on th
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import DownloadError, ValidationError
+from .readfile import read_capped
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,6 @@ def image_to_png(image_hwc: torch.Tensor) -> bytes:
 # the model works at 720p, so a bigger image only costs memory (held until its jobs end) and upload
 # time; a file this size is a mistake, or a device such as /dev/zero that never ends.
 MAX_IMAGE_FILE_BYTES = 30 << 20
-_READ_CHUNK = 1 << 20
 
 
 # Magic bytes of the image formats a reference may come in, for the upload's Content-Type.
@@ -187,27 +186,11 @@ def image_content_type(data: bytes) -> str:
 def read_image_file(path: str | Path, field: str = "image", max_bytes: int = MAX_IMAGE_FILE_BYTES) -> bytes:
     """Bytes of an image file after checking that it decodes (a clear error naming `field` if not).
 
-    The read is bounded: at most `max_bytes` + 1 bytes are ever read, so a device or pipe that
-    never ends fails as fast as a file that is simply too big."""
+    The read is bounded (at most `max_bytes` + 1 bytes: a device that never ends fails as fast as
+    a file that is simply too big) and never waits on a FIFO nobody writes to (readfile.py)."""
     p = Path(path)
-    too_big = (f"{p} is over the {max_bytes / 2**20:g} MiB limit for an image file; allowed: an "
-               "image file up to that size (scale it down, or pass an http(s) URL instead)")
-    try:
-        with open(p, "rb") as f:
-            if os.fstat(f.fileno()).st_size > max_bytes:  # a regular file: refuse before reading
-                raise ValidationError(field, too_big)
-            chunks, got = [], 0
-            while got <= max_bytes and (chunk := f.read(min(_READ_CHUNK, max_bytes + 1 - got))):
-                chunks.append(chunk)
-                got += len(chunk)
-    except FileNotFoundError:
-        raise ValidationError(field, f"file not found: {p}") from None
-    except OSError as e:
-        raise ValidationError(field, f"cannot read {p}: {e.strerror or e}") from None
-    if got > max_bytes:
-        raise ValidationError(field, too_big)
-    data = b"".join(chunks)
-    del chunks
+    data = read_capped(p, field, max_bytes, "an image file",
+                       "an image file up to that size (scale it down, or pass an http(s) URL instead)")
     try:  # decoded once to prove it is an image; the pixels are dropped at once
         pixels = iio.imread(io.BytesIO(data), plugin="pillow")
     except Exception as e:  # imageio raises several types for undecodable input
