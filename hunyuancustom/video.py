@@ -191,7 +191,7 @@ def read_image_file(path: str | Path, field: str = "image", max_bytes: int = MAX
     p = Path(path)
     data = read_capped(p, field, max_bytes, "an image file",
                        "an image file up to that size (scale it down, or pass an http(s) URL instead)")
-    try:  # decoded once to prove it is an image; the pixels are dropped at once
+    try:  # decoded once to prove it is an image; the pixels are kept only to convert a TIFF and the like
         pixels = iio.imread(io.BytesIO(data), plugin="pillow")
     except Exception as e:  # imageio raises several types for undecodable input
         raise ValidationError(field, f"{p} is not a readable image ({type(e).__name__})") from None
