@@ -1,6 +1,6 @@
 """The cloud node inside a real ComfyUI (COMFYUI_PATH), talking to the loopback API server.
 
-LoadImage -> HunyuanCustom Ref2V (Cloud 720p) -> SaveVideo runs through /prompt; the saved MP4
+LoadImage -> Ref2V (Cloud 720p) -> SaveVideo runs through /prompt; the saved MP4
 shows up in /history; widgets come from the parameter table; ComfyUI's cache and Cancel behave;
 the key appears nowhere a user could share.
 """

@@ -1,6 +1,6 @@
 """The mode nodes inside a real ComfyUI (COMFYUI_PATH).
 
-Virtual try-on: LoadImage x2 -> HunyuanCustom Compose Subjects -> Ref2V (Cloud 720p, against the
+Virtual try-on: LoadImage x2 -> Compose Subjects -> Ref2V (Cloud 720p, against the
 loopback API) -> SaveVideo; the image that reaches the provider is the composed one.
 
 Audio-driven and video-driven: core's own loaders, sampler, VAE decode and Create Video around the
