@@ -310,3 +310,49 @@ def test_inside_a_subgraph_the_status_and_result_reach_the_inner_node(browser_ru
     assert sub["statusHiddenAfter"] is True
     assert sub["info"] and sub["info"].startswith("billed · new task "), sub
 
+
+
+def test_one_status_text_on_the_node_during_and_after_a_run(browser_run):
+    # Either the pack's status line or core's progress text under the node, never both: the
+    # pack sends no progress text (nodes/progress.py).
+    report, _ = browser_run
+    during, after = report["run"]["during"]["texts"], report["run"]["after"]["texts"]
+    assert len(during) == 1 and "Processing" in during[0]["text"], during
+    assert during[0]["cls"] == "hunyuancustom-status-text", during
+    assert len(after) == 1 and after[0]["text"].startswith("billed · new task "), after
+    assert report["run"]["before"]["texts"] == []
+
+
+def test_no_empty_copy_button_before_a_run(browser_run):
+    report, _ = browser_run
+    before = report["run"]["before"]["panel"]
+    assert before["copyShown"] is False and before["infoDisplay"] == "none", before
+    assert before["statusDisplay"] == "none" and before["lines"] == [], before
+    after = report["run"]["after"]["panel"]
+    assert after["copyShown"] is True and after["statusDisplay"] == "none", after
+
+
+def test_status_and_result_lines_fit_the_node_at_its_default_width(browser_run):
+    report, _ = browser_run
+    for moment in ("during", "after"):
+        lines = report["run"][moment]["panel"]["lines"]
+        assert len(lines) == 1 and lines[0]["text"], (moment, lines)
+        line = lines[0]
+        # Wrapped, not cut: nothing overflows the line's box, and the box is inside the panel.
+        assert line["scrollWidth"] <= line["clientWidth"], (moment, line)
+        assert line["scrollHeight"] <= line["clientHeight"], (moment, line)
+        assert line["insidePanel"] is True, (moment, line)
+    assert report["run"]["after"]["panel"]["lines"][0]["text"] == report["run"]["info"]
+
+
+def test_nothing_moves_when_the_status_or_the_video_arrives(browser_run):
+    report, tmp = browser_run
+    samples = report["run"]["layout"]
+    assert any(s["video"] for s in samples) and not samples[0]["video"], samples
+    assert all(s["outside"] == [] for s in samples), samples  # nothing sticks out of the node
+    keys = ("size", "prompt", "negative", "promptPx", "negativePx")
+    assert len({json.dumps([s[k] for k in keys]) for s in samples}) == 1, samples
+    # At a new node's width (its height settles at its first draw, before any of these samples).
+    assert samples[0]["size"][0] == round(report["run"]["defaultSize"][0])
+    for moment in ("before", "during", "after"):
+        assert (tmp / f"cloud-node-{moment}.png").stat().st_size > 10_000, moment

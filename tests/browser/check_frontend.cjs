@@ -188,9 +188,83 @@ async function checkKey(page, bodies) {
   step("key round trip");
 }
 
+// What a user sees of the cloud node, read from the page: the status texts shown anywhere (ours
+// or core's progress text under the node), whether the panel's lines fit, and the node's layout.
+function installViewProbe() {
+  const cloudNode = () => window.app.graph.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
+  const shown = (el) => el.checkVisibility({ checkOpacity: true, checkVisibilityCSS: true })
+    && el.getBoundingClientRect().width > 0 && el.getBoundingClientRect().height > 0;
+  // The reporter's phrases (hunyuancustom/ref2v.py) and the result line's first words.
+  const STATUS = /\b(Uploading|Submitting|Queued|Processing|Completed|Downloading|Decoding|Done|Cached)\b|\b(billed|free) ·/;
+  window.__hcView = {
+    cloudNode,
+    statusTexts() {
+      const found = new Set();
+      const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+      for (let t = walk.nextNode(); t; t = walk.nextNode()) {
+        if (STATUS.test(t.textContent) && t.parentElement && shown(t.parentElement)) found.add(t.parentElement);
+      }
+      return [...found].map((el) => ({ text: el.textContent.trim(), cls: String(el.className) }));
+    },
+    panel() {
+      const el = cloudNode().widgets.find((w) => w.name === "hunyuancustom_panel").element;
+      const box = el.getBoundingClientRect();
+      const lines = [...el.querySelectorAll(".hunyuancustom-status-text, .hunyuancustom-info-text")].filter(shown);
+      return {
+        copyShown: shown(el.querySelector(".hunyuancustom-copy")),
+        infoDisplay: getComputedStyle(el.querySelector(".hunyuancustom-info")).display,
+        statusDisplay: getComputedStyle(el.querySelector(".hunyuancustom-status")).display,
+        lines: lines.map((line) => {
+          const r = line.getBoundingClientRect();
+          return { text: line.textContent, clientWidth: line.clientWidth, scrollWidth: line.scrollWidth,
+            clientHeight: line.clientHeight, scrollHeight: line.scrollHeight,
+            insidePanel: r.top >= box.top - 0.5 && r.bottom <= box.bottom + 0.5 && r.right <= box.right + 0.5 };
+        }),
+      };
+    },
+    layout() {
+      const node = cloudNode();
+      const w = (name) => node.widgets.find((x) => x.name === name);
+      const px = (name) => Math.round(w(name)?.element?.getBoundingClientRect().height ?? -1);
+      return { size: [...node.size].map(Math.round), prompt: Math.round(w("prompt").computedHeight),
+        negative: Math.round(w("negative_prompt").computedHeight), promptPx: px("prompt"),
+        negativePx: px("negative_prompt"), video: Boolean(w("video-preview")),
+        widgets: node.widgets.map((x) => x.name),
+        outside: node.widgets.filter((x) => (x.y ?? 0) + (x.computedHeight ?? 0) > node.size[1] + 1).map((x) => x.name) };
+    },
+  };
+}
+
+const twoFrames = (page) => page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+
 async function runCloud(page, context) {
   await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, null); },
     cfg.workflows[cfg.cloudWorkflow]);
+  // The node at the size a new node gets (its default width), at scale 1 for the screenshots.
+  await page.evaluate(installViewProbe);
+  report.run.defaultSize = await page.evaluate(() => {
+    const node = window.__hcView.cloudNode();
+    node.setSize([...window.LiteGraph.createNode(node.type).size]);
+    window.app.canvas.ds.scale = 1;
+    window.app.canvas.centerOnNode?.(node) ?? window.app.canvas.animateToBounds?.(node.boundingRect);
+    window.app.canvas.setDirty(true, true);
+    return [...node.size];
+  });
+  await twoFrames(page);
+  report.run.before = { panel: await page.evaluate(() => window.__hcView.panel()),
+    texts: await page.evaluate(() => window.__hcView.statusTexts()) };
+  await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-before.png") });
+  // The layout at every frame from here until the video has arrived (changes only).
+  await page.evaluate(() => {
+    window.__hcLayout = [];
+    const sample = () => {
+      const now = window.__hcView.layout();
+      const last = window.__hcLayout[window.__hcLayout.length - 1];
+      if (!last || JSON.stringify(last) !== JSON.stringify(now)) window.__hcLayout.push(now);
+      if (!window.__hcLayoutStop) requestAnimationFrame(sample);
+    };
+    requestAnimationFrame(sample);
+  });
   // Record every status line the node draws while the job waits.
   await page.evaluate(() => {
     window.__hcStatus = [];
@@ -201,6 +275,12 @@ async function runCloud(page, context) {
   });
   const started = Date.now();
   await page.evaluate(() => window.app.queuePrompt(0, 1));
+  // While the job waits at the provider: what the node shows.
+  await page.waitForFunction(() => window.__hcView.statusTexts().some((t) => /Processing/.test(t.text)),
+    null, { timeout: 60000 });
+  report.run.during = { panel: await page.evaluate(() => window.__hcView.panel()),
+    texts: await page.evaluate(() => window.__hcView.statusTexts()) };
+  await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-during.png") });
   const info = page.locator(".hunyuancustom-info:not([hidden]) .hunyuancustom-info-text");
   await info.waitFor({ timeout: 120000 });
   report.run.seconds = (Date.now() - started) / 1000;
@@ -208,6 +288,11 @@ async function runCloud(page, context) {
   report.run.status = await page.evaluate(() => window.__hcStatus);
   report.run.statusHiddenAfter = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
   report.run.video = await videoState(page);
+  await twoFrames(page);
+  report.run.after = { panel: await page.evaluate(() => window.__hcView.panel()),
+    texts: await page.evaluate(() => window.__hcView.statusTexts()) };
+  await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-after.png") });
+  report.run.layout = await page.evaluate(() => { window.__hcLayoutStop = true; return window.__hcLayout; });
   // The workflow and the prompt the front end sent, after a run with the key set.
   report.run.workflowHasSecret = await page.evaluate(async (s) =>
     JSON.stringify(window.app.graph.serialize()).includes(s)
