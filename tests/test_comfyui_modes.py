@@ -45,8 +45,8 @@ pytestmark = requires_comfyui
 SECRET = "sk-modes-e2e-5c1d"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
-MODE_WORKFLOWS = ("hunyuancustom_virtual_tryon.json", "hunyuancustom_singing_avatar.json",
-                  "hunyuancustom_subject_replace.json")
+MODE_WORKFLOWS = ("HunyuanCustom Virtual Try-On (Cloud).json", "HunyuanCustom Singing Avatar (Local).json",
+                  "HunyuanCustom Subject Replace (Local).json")
 WIDTH = 128
 AUDIO_CKPT, EDITING_CKPT = "hc_tiny_audio.safetensors", "hc_tiny_editing.safetensors"
 AUDIO_FP8, EDITING_PT = "hc_tiny_audio_fp8.pt", "hc_tiny_editing.pt"

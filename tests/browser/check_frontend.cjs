@@ -7,7 +7,8 @@ const fs = require("fs");
 const { chromium } = require("playwright-core");
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-const report = { consoleErrors: [], failedResponses: [], failedRequests: [], extensionScripts: 0, workflows: {}, key: {}, run: {}, steps: [] };
+const report = { consoleErrors: [], failedResponses: [], failedRequests: [], extensionScripts: 0, workflows: {}, key: {}, run: {},
+  templateResponses: [], steps: [] };
 const step = (s) => report.steps.push(s);
 
 // The flags this machine needs (no GPU, no network besides loopback, no first-run UI).
@@ -28,6 +29,7 @@ async function main() {
   page.on("response", async (r) => {
     if (r.status() >= 400) report.failedResponses.push(`${r.status()} ${r.request().method()} ${r.url()}`);
     if (/\/hunyuancustom\.js(\?|$)/.test(r.url())) report.extensionScripts += 1;
+    if (r.url().includes("/workflow_templates/")) report.templateResponses.push(`${r.status()} ${decodeURI(r.url())}`);
     try { bodies.push({ url: r.url(), text: await r.text() }); } catch { /* redirects, media */ }
   });
   try {
@@ -85,6 +87,7 @@ async function main() {
       cfg.workflows[cfg.cloudWorkflow]);
     report.missingNodesDialog = Object.values(report.workflows).filter((w) => w.dialog).length;
 
+    await checkTemplates(page);
     await checkKey(page, bodies);
     await runCloud(page, context);
     await runInSubgraph(page);
@@ -105,6 +108,57 @@ async function dismissTemplates(page) {
   await page.keyboard.press("Escape");
   await title.waitFor({ state: "detached", timeout: 10000 });
   return "dismissed";
+}
+
+// The template browser (Workflow > Browse Templates), the pack's category: each example workflow's
+// card shows its picture and its title, and opening the browser adds no console error or failed
+// request. Then a card opens its workflow.
+async function checkTemplates(page) {
+  const since = { console: report.consoleErrors.length, responses: report.failedResponses.length,
+    requests: report.failedRequests.length };
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+  const content = page.locator('[data-testid="template-workflows-content"]');
+  await content.waitFor({ timeout: 30000 });
+  await content.getByRole("option", { name: cfg.packModule, exact: true }).click();
+  const cards = {};
+  for (const name of cfg.templateNames) {
+    const card = content.locator(`[data-testid="template-workflow-${name}"]`);
+    await card.waitFor({ timeout: 30000 });
+    await card.scrollIntoViewIfNeeded(); // the pictures load when they come into view
+    // Loaded or failed: either way the <img> is complete (a failed one is replaced by an icon).
+    await page.waitForFunction((el) => {
+      const img = el.querySelector("img");
+      return (img && img.complete && img.naturalWidth > 0) || el.querySelector(".pi-file");
+    }, await card.elementHandle(), { timeout: 30000 }).catch(() => {});
+    cards[name] = await card.evaluate((el) => {
+      const img = el.querySelector("img");
+      return { title: el.querySelector("h3")?.textContent.trim() ?? null,
+        description: el.querySelector("p")?.textContent.trim() ?? null,
+        src: img?.getAttribute("src") ?? null, naturalWidth: img?.naturalWidth ?? 0,
+        naturalHeight: img?.naturalHeight ?? 0, shown: Boolean(img?.checkVisibility()) };
+    });
+  }
+  // The screenshot: the first cards, once their pictures have loaded again (they unload out of view).
+  await content.locator('[data-testid^="template-workflow-"]').first().scrollIntoViewIfNeeded();
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')]
+    .filter((el) => el.getBoundingClientRect().top < window.innerHeight)
+    .every((el) => el.querySelector("img")?.complete && el.querySelector("img").naturalWidth > 0),
+  null, { timeout: 30000 }).catch(() => {});
+  await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-templates.png") });
+  report.templates = { cards,
+    responses: [...report.templateResponses],
+    consoleErrors: report.consoleErrors.slice(since.console),
+    failedResponses: report.failedResponses.slice(since.responses),
+    failedRequests: report.failedRequests.slice(since.requests) };
+  // A click on the cloud example's card opens it, named after its title.
+  await content.locator(`[data-testid="template-workflow-${cfg.openTemplate}"]`).click();
+  await content.waitFor({ state: "detached", timeout: 30000 });
+  await page.waitForFunction(() => window.app.graph.nodes.some((n) => n.type.startsWith("HunyuanCustomCloud")),
+    null, { timeout: 30000 });
+  report.templates.opened = await page.evaluate(() => ({
+    types: window.app.graph.nodes.map((n) => n.type),
+    workflow: window.app.extensionManager.workflow?.activeWorkflow?.filename ?? null }));
+  step("template browser");
 }
 
 // The front end's "Some Nodes Are Missing" warning: shown? (then closed, so the next check starts clean)
