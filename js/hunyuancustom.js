@@ -98,26 +98,49 @@ function panelOf(node) {
   return node.widgets?.find((w) => w.name === PANEL)?.element ?? null;
 }
 
+// Layout. The front end adds its video preview widget when the first result arrives and shares the
+// node's height out again, so the prompt boxes would shrink and the video stick out until the node
+// grew. Instead the panel holds the video's place from the start (a placeholder under the status
+// lines) and hands exactly that height to the preview once it exists: nothing moves.
+const LINES_HEIGHT = 56; // the status line (up to three lines of text and the bar) or the result line
+const VIDEO_WIDGET = "video-preview"; // the front end's name for it (1.27)
+
+// A 16:9 box at the node's default width (400). Fixed, not from the node's width: a new node's size
+// is computed before its width is known, so it would grow on its first draw.
+const VIDEO_HEIGHT = 224;
+
+function hasVideo(node) {
+  return Boolean(node.widgets?.some((w) => w.name === VIDEO_WIDGET));
+}
+
 function addPanel(node) {
   const el = document.createElement("div");
   el.className = "hunyuancustom-panel";
   el.innerHTML = `
-    <div class="hunyuancustom-status" hidden>
-      <div class="hunyuancustom-status-text"></div>
-      <div class="hunyuancustom-bar"><div class="hunyuancustom-bar-fill"></div></div>
+    <div class="hunyuancustom-lines">
+      <div class="hunyuancustom-status" hidden>
+        <div class="hunyuancustom-status-text"></div>
+        <div class="hunyuancustom-bar"><div class="hunyuancustom-bar-fill"></div></div>
+      </div>
+      <div class="hunyuancustom-info" hidden>
+        <span class="hunyuancustom-info-text"></span>
+        <button class="hunyuancustom-copy" title="Copy">Copy</button>
+      </div>
     </div>
-    <div class="hunyuancustom-info" hidden>
-      <span class="hunyuancustom-info-text"></span>
-      <button class="hunyuancustom-copy" title="Copy">Copy</button>
-    </div>`;
+    <div class="hunyuancustom-placeholder">the video appears here</div>`;
   el.querySelector(".hunyuancustom-copy").addEventListener("click", () => {
     copyText(el.querySelector(".hunyuancustom-info").dataset.copy || "");
   });
+  const placeholder = el.querySelector(".hunyuancustom-placeholder");
   const widget = node.addDOMWidget(PANEL, "hunyuancustom", el, {
     serialize: false, // never part of a workflow or a prompt
     hideOnZoom: false,
-    getMinHeight: () => 48,
-    getMaxHeight: () => 48,
+    // Read at every layout: with no preview yet the panel also holds its place.
+    getMinHeight: () => {
+      placeholder.hidden = hasVideo(node);
+      return LINES_HEIGHT + (placeholder.hidden ? 0 : VIDEO_HEIGHT);
+    },
+    getMaxHeight: () => (hasVideo(node) ? LINES_HEIGHT : undefined),
   });
   widget.serialize = false;
   return el;
@@ -151,11 +174,15 @@ function drawStatus(entry, id) {
   if (!el) return;
   const box = el.querySelector(".hunyuancustom-status");
   box.hidden = false;
+  // One line at a time: the last result's line returns when this run ends without one.
+  el.querySelector(".hunyuancustom-info").hidden = true;
   const elapsed = formatElapsed((Date.now() - entry.started) / 1000);
   // The server's text carries the elapsed time of its last poll ("Processing · 12 s · task …");
   // shown here is ours instead, ticking every second between polls.
   const text = entry.text.replace(/ · \d+ s(?= · |$)/, "");
-  el.querySelector(".hunyuancustom-status-text").textContent = `${text} · ${elapsed} elapsed`;
+  const line = el.querySelector(".hunyuancustom-status-text");
+  line.textContent = `${text} · ${elapsed} elapsed`;
+  line.title = line.textContent; // in full on hover, should a long message need more than three lines
   el.querySelector(".hunyuancustom-bar-fill").style.width = `${Math.round(entry.progress * 100)}%`;
 }
 
@@ -164,7 +191,11 @@ function clearStatus(id) {
   if (!entry) return;
   active.delete(String(id));
   const el = panelOf(entry.node);
-  if (el) el.querySelector(".hunyuancustom-status").hidden = true;
+  if (el) {
+    el.querySelector(".hunyuancustom-status").hidden = true;
+    const info = el.querySelector(".hunyuancustom-info");
+    info.hidden = !info.querySelector(".hunyuancustom-info-text").textContent;
+  }
   entry.node.setDirtyCanvas?.(true, false);
 }
 
@@ -224,29 +255,43 @@ function fixedSeedByDefault(node) {
 // The front end's own video preview widget marks itself `serialize = false`, but its prompt
 // builder (1.27) only skips `options.serialize === false`: the preview then goes out as an extra
 // input, which changes ComfyUI's cache key and makes a re-run execute the node again instead of
-// reusing its cached result. Mark it the way the prompt builder reads.
-function keepPreviewOutOfPrompt(node) {
+// reusing its cached result. Mark it the way the prompt builder reads. Its size: the place the
+// panel held for it (see addPanel). The front end sets its own rule (as tall as the video's aspect
+// at the node's width, so any new video would move everything) right after creating the widget;
+// that assignment is ignored. A video of another shape is letterboxed (object-fit: contain).
+function adoptVideoPreview(node) {
   const add = node.addDOMWidget;
   if (typeof add !== "function") return;
   node.addDOMWidget = function (name, ...rest) {
     const widget = add.call(this, name, ...rest);
-    if (name === "video-preview" && widget) {
+    if (name === VIDEO_WIDGET && widget) {
       widget.options = { ...(widget.options || {}), serialize: false };
+      const layout = () => ({ minHeight: VIDEO_HEIGHT, minWidth: 0 });
+      Object.defineProperty(widget, "computeLayoutSize", { get: () => layout, set: () => {}, configurable: true });
     }
     return widget;
   };
 }
 
 const STYLE = `
-.hunyuancustom-panel { font: 11px sans-serif; color: var(--input-text, #ddd); padding: 2px 4px;
-  display: flex; flex-direction: column; gap: 4px; overflow: hidden; }
-.hunyuancustom-status-text, .hunyuancustom-info-text { white-space: nowrap; overflow: hidden;
-  text-overflow: ellipsis; user-select: text; }
+.hunyuancustom-panel { font: 11px/13px sans-serif; color: var(--input-text, #ddd); display: flex;
+  flex-direction: column; overflow: hidden; box-sizing: border-box; }
+/* The hidden attribute must win over the display rules below (an empty Copy button otherwise). */
+.hunyuancustom-panel [hidden] { display: none !important; }
+.hunyuancustom-lines { height: ${LINES_HEIGHT}px; flex: none; box-sizing: border-box; padding: 2px 4px;
+  overflow: hidden; }
+.hunyuancustom-status { display: flex; flex-direction: column; gap: 4px; }
+/* Wrapped, never cut off: the node's default width fits the longest usual line in two lines. */
+.hunyuancustom-status-text, .hunyuancustom-info-text { white-space: normal; overflow-wrap: anywhere;
+  max-height: 39px; overflow: hidden; user-select: text; }
+.hunyuancustom-placeholder { flex: 1; display: flex; align-items: center; justify-content: center;
+  opacity: .35; font-style: italic; }
 .hunyuancustom-bar { height: 4px; background: rgba(128,128,128,.3); border-radius: 2px; }
 .hunyuancustom-bar-fill { height: 100%; width: 0; background: #3a8; border-radius: 2px;
   transition: width .4s; }
 .hunyuancustom-info { display: flex; gap: 6px; align-items: center; }
-.hunyuancustom-copy { font-size: 10px; padding: 0 6px; cursor: pointer; }
+.hunyuancustom-info-text { flex: 1; }
+.hunyuancustom-copy { flex: none; font-size: 10px; padding: 0 6px; cursor: pointer; }
 .hunyuancustom-key { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
 .hunyuancustom-key-input { width: 14rem; }
 .hunyuancustom-key-message { flex-basis: 100%; font-size: 12px; opacity: .8; }
@@ -293,7 +338,7 @@ app.registerExtension({
       if (hasSeed) fixedSeedByDefault(this);
       if (makesVideo) {
         addPanel(this);
-        keepPreviewOutOfPrompt(this);
+        adoptVideoPreview(this);
       }
       return r;
     };

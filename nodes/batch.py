@@ -49,7 +49,7 @@ class _CloudBatch(io.ComfyNode):
         m = cls.MODEL
         return io.Schema(
             node_id=f"HunyuanCustomCloudBatch{m.label}",
-            display_name=f"HunyuanCustom Ref2V Batch (Cloud {m.label})",
+            display_name=f"Ref2V Batch (Cloud {m.label})",
             category="HunyuanCustom",
             description=(f"Many {m.label} videos in one run: every reference image of a batch with "
                          "every prompt (one per line), or paired by position. Runs a few tasks at "

@@ -21,7 +21,7 @@ class ComposeSubjects(io.ComfyNode):
                                                f"as image_{i}."))
         return io.Schema(
             node_id="HunyuanCustomComposeSubjects",
-            display_name="HunyuanCustom Compose Subjects",
+            display_name="Compose Subjects",
             category="HunyuanCustom",
             description=("Puts up to four subjects (cut out by their masks, if given) side by side on "
                          "one white reference image for the ref2v nodes: e.g. a person and a garment "

@@ -1,8 +1,11 @@
 """A core Reporter wired to ComfyUI: status on the node, its progress bar, and Cancel.
 
-Status goes out twice: as core's progress text (shown by any front end) and as the pack's own
-`hunyuancustom.status` event, which js/hunyuancustom.js draws as a status line with a ticking
-elapsed time and a bar, and clears when the run ends.
+Status goes out once, as the pack's own `hunyuancustom.status` event ({node, text, progress} as
+JSON on the prompt's websocket), which js/hunyuancustom.js draws as a status line with a ticking
+elapsed time and a bar, and clears when the run ends. Not also as core's progress text: the front
+end draws that as a second text under the node, which stays after the run and grows the node.
+API clients get the same text and fraction from this event, core's progress bar from `progress`,
+and the result (billed or free, task id) in the node's output.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ class ComfyReporter:
         server = PromptServer.instance
         if self.node_id is None or server is None:
             return
-        server.send_progress_text(text, self.node_id)
         server.send_sync(STATUS_EVENT, {"node": self.node_id, "text": text,
                                         "progress": self._fraction}, server.client_id)
 

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tests" / "browser" / "check_frontend.cjs"
 CHROMIUM = Path("/usr/bin/chromium")
 SECRET = "sk-browser-SECRET-91c4"
-CLOUD_WORKFLOW = "hunyuancustom_cloud_ref2v.json"
+CLOUD_WORKFLOW = "HunyuanCustom Ref2V (Cloud).json"
 FAIL_MARKER = "[the provider fails this one]"
 SCREENSHOT_COPY = Path("/tmp/browser-screenshot.png")
 PLAYWRIGHT_VERSION = "1.65.1"  # pinned: the script was written against this API
@@ -132,7 +132,9 @@ def browser_run(tmp_path_factory):
             "url": comfy.url + "/", "chromium": str(CHROMIUM), "secret": SECRET,
             "workflows": workflows, "cloudWorkflow": CLOUD_WORKFLOW,
             "keyFile": str(comfy.data_dir / "api_key"), "apiBase": api.base_url,
-            "failMarker": FAIL_MARKER,
+            "failMarker": FAIL_MARKER, "packModule": PACK_DIR_NAME,
+            "templateNames": [name.removesuffix(".json") for name in sorted(workflows)],
+            "openTemplate": CLOUD_WORKFLOW.removesuffix(".json"),
             "screenshot": str(tmp / "cloud-node.png"), "userDataDir": str(tmp / "chromium-profile"),
         }
         report, r = _run_script(cfg, tmp, modules)
@@ -310,3 +312,73 @@ def test_inside_a_subgraph_the_status_and_result_reach_the_inner_node(browser_ru
     assert sub["statusHiddenAfter"] is True
     assert sub["info"] and sub["info"].startswith("billed · new task "), sub
 
+
+
+def test_one_status_text_on_the_node_during_and_after_a_run(browser_run):
+    # Either the pack's status line or core's progress text under the node, never both: the
+    # pack sends no progress text (nodes/progress.py).
+    report, _ = browser_run
+    during, after = report["run"]["during"]["texts"], report["run"]["after"]["texts"]
+    assert len(during) == 1 and "Processing" in during[0]["text"], during
+    assert during[0]["cls"] == "hunyuancustom-status-text", during
+    assert len(after) == 1 and after[0]["text"].startswith("billed · new task "), after
+    assert report["run"]["before"]["texts"] == []
+
+
+def test_no_empty_copy_button_before_a_run(browser_run):
+    report, _ = browser_run
+    before = report["run"]["before"]["panel"]
+    assert before["copyShown"] is False and before["infoDisplay"] == "none", before
+    assert before["statusDisplay"] == "none" and before["lines"] == [], before
+    after = report["run"]["after"]["panel"]
+    assert after["copyShown"] is True and after["statusDisplay"] == "none", after
+
+
+def test_status_and_result_lines_fit_the_node_at_its_default_width(browser_run):
+    report, _ = browser_run
+    for moment in ("during", "after"):
+        lines = report["run"][moment]["panel"]["lines"]
+        assert len(lines) == 1 and lines[0]["text"], (moment, lines)
+        line = lines[0]
+        # Wrapped, not cut: nothing overflows the line's box, and the box is inside the panel.
+        assert line["scrollWidth"] <= line["clientWidth"], (moment, line)
+        assert line["scrollHeight"] <= line["clientHeight"], (moment, line)
+        assert line["insidePanel"] is True, (moment, line)
+    assert report["run"]["after"]["panel"]["lines"][0]["text"] == report["run"]["info"]
+
+
+def test_nothing_moves_when_the_status_or_the_video_arrives(browser_run):
+    report, tmp = browser_run
+    samples = report["run"]["layout"]
+    assert any(s["video"] for s in samples) and not samples[0]["video"], samples
+    assert all(s["outside"] == [] for s in samples), samples  # nothing sticks out of the node
+    keys = ("size", "prompt", "negative")
+    assert len({json.dumps([s[k] for k in keys]) for s in samples}) == 1, samples
+    for k in ("promptPx", "negativePx"):  # on screen, give or take a pixel of rounding
+        assert max(s[k] for s in samples) - min(s[k] for s in samples) <= 1, samples
+    # At a new node's width (its height settles at its first draw, before any of these samples).
+    assert samples[0]["size"][0] == round(report["run"]["defaultSize"][0])
+    for moment in ("before", "during", "after"):
+        assert (tmp / f"cloud-node-{moment}.png").stat().st_size > 10_000, moment
+
+
+def test_template_browser_shows_each_example_with_its_picture_and_title(browser_run):
+    report, tmp = browser_run
+    templates = report["templates"]
+    names = sorted(p.stem for p in (REPO / "example_workflows").glob("*.json"))
+    assert sorted(templates["cards"]) == names
+    for name, card in templates["cards"].items():
+        # The picture beside the workflow (example_workflows/<name>.jpg), loaded and shown.
+        assert card["naturalWidth"] > 0 and card["naturalHeight"] > 0 and card["shown"], (name, card)
+        assert card["title"] == name and name.startswith("HunyuanCustom ") and "_" not in name, card
+    # Each from the pack's folder, as the front end asks for it.
+    for name in names:
+        assert any(r.startswith("200 ") and r.endswith(f"/workflow_templates/{PACK_DIR_NAME}/{name}.jpg")
+                   for r in templates["responses"]), (name, templates["responses"])
+    # Opening the browser and the pack's category logs nothing and misses nothing.
+    assert templates["consoleErrors"] == [], templates
+    assert templates["failedResponses"] == [] and templates["failedRequests"] == [], templates
+    # A card opens its workflow, named after the title.
+    assert "HunyuanCustomCloudRef2V720p" in templates["opened"]["types"], templates["opened"]
+    assert templates["opened"]["workflow"] == CLOUD_WORKFLOW.removesuffix(".json"), templates["opened"]
+    assert (tmp / "cloud-node-templates.png").stat().st_size > 10_000

@@ -38,7 +38,7 @@ from workflow_check import check_ui_workflow
 pytestmark = requires_comfyui
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOW = REPO / "example_workflows" / "hunyuancustom_local_ref2v.json"
+WORKFLOW = REPO / "example_workflows" / "HunyuanCustom Ref2V (Local).json"
 SCALE = 0.476986  # HunyuanVideo latent scaling factor
 
 

@@ -1,6 +1,6 @@
 """The mode nodes inside a real ComfyUI (COMFYUI_PATH).
 
-Virtual try-on: LoadImage x2 -> HunyuanCustom Compose Subjects -> Ref2V (Cloud 720p, against the
+Virtual try-on: LoadImage x2 -> Compose Subjects -> Ref2V (Cloud 720p, against the
 loopback API) -> SaveVideo; the image that reaches the provider is the composed one.
 
 Audio-driven and video-driven: core's own loaders, sampler, VAE decode and Create Video around the
@@ -45,8 +45,8 @@ pytestmark = requires_comfyui
 SECRET = "sk-modes-e2e-5c1d"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
-MODE_WORKFLOWS = ("hunyuancustom_virtual_tryon.json", "hunyuancustom_singing_avatar.json",
-                  "hunyuancustom_subject_replace.json")
+MODE_WORKFLOWS = ("HunyuanCustom Virtual Try-On (Cloud).json", "HunyuanCustom Singing Avatar (Local).json",
+                  "HunyuanCustom Subject Replace (Local).json")
 WIDTH = 128
 AUDIO_CKPT, EDITING_CKPT = "hc_tiny_audio.safetensors", "hc_tiny_editing.safetensors"
 AUDIO_FP8, EDITING_PT = "hc_tiny_audio_fp8.pt", "hc_tiny_editing.pt"

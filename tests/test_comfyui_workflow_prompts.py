@@ -35,7 +35,7 @@ pytestmark = requires_comfyui
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
 WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
-SUBJECT_REPLACE = EXAMPLES / "hunyuancustom_subject_replace.json"
+SUBJECT_REPLACE = EXAMPLES / "HunyuanCustom Subject Replace (Local).json"
 # Nodes a run of an example reaches first: with empty model files and no key, a run must stop at
 # one of these, never in sampling or decoding.
 FIRST_NODES = {"HunyuanCustomLocalModelLoader", "VAELoader", "DualCLIPLoader", "CLIPVisionLoader",

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
 WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
@@ -15,9 +16,20 @@ LOADERS = ("LoadImage", "LoadImageMask", "LoadAudio", "LoadVideo")
 
 def test_there_is_an_example_for_each_mode():
     assert {p.name for p in WORKFLOWS} == {
-        "hunyuancustom_cloud_ref2v.json", "hunyuancustom_cloud_batch.json",
-        "hunyuancustom_virtual_tryon.json", "hunyuancustom_local_ref2v.json",
-        "hunyuancustom_singing_avatar.json", "hunyuancustom_subject_replace.json"}
+        "HunyuanCustom Ref2V (Cloud).json", "HunyuanCustom Ref2V Batch (Cloud).json",
+        "HunyuanCustom Virtual Try-On (Cloud).json", "HunyuanCustom Ref2V (Local).json",
+        "HunyuanCustom Singing Avatar (Local).json", "HunyuanCustom Subject Replace (Local).json"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_the_template_browser_shows_a_picture_and_a_readable_title(path):
+    # ComfyUI's front end (1.27) lists `<name>.json` of a pack's example_workflows as a template
+    # titled `<name>` and shows `<name>.jpg` beside it (tests/make_template_thumbnails.py draws them).
+    with Image.open(path.with_suffix(".jpg")) as thumb:
+        assert thumb.format == "JPEG" and thumb.size == (512, 384)
+        shades = thumb.convert("L").getcolors(256)  # None: more than 256
+        assert shades is None or len(shades) > 16  # a picture, not a blank
+    assert path.stem.startswith("HunyuanCustom ") and "_" not in path.stem, path.stem
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -40,9 +52,9 @@ def test_a_note_on_the_canvas_names_every_sample_file_the_workflow_loads(path):
 
 # The local examples: core's KSampler chain, in the released recipe, read left to right.
 LOCAL_CHAINS = {
-    "hunyuancustom_local_ref2v.json": (None, 30),
-    "hunyuancustom_singing_avatar.json": ("HunyuanCustomAudioDriven", 30),
-    "hunyuancustom_subject_replace.json": ("HunyuanCustomVideoDriven", 50),
+    "HunyuanCustom Ref2V (Local).json": (None, 30),
+    "HunyuanCustom Singing Avatar (Local).json": ("HunyuanCustomAudioDriven", 30),
+    "HunyuanCustom Subject Replace (Local).json": ("HunyuanCustomVideoDriven", 50),
 }
 
 

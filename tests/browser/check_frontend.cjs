@@ -7,7 +7,8 @@ const fs = require("fs");
 const { chromium } = require("playwright-core");
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-const report = { consoleErrors: [], failedResponses: [], failedRequests: [], extensionScripts: 0, workflows: {}, key: {}, run: {}, steps: [] };
+const report = { consoleErrors: [], failedResponses: [], failedRequests: [], extensionScripts: 0, workflows: {}, key: {}, run: {},
+  templateResponses: [], steps: [] };
 const step = (s) => report.steps.push(s);
 
 // The flags this machine needs (no GPU, no network besides loopback, no first-run UI).
@@ -28,6 +29,7 @@ async function main() {
   page.on("response", async (r) => {
     if (r.status() >= 400) report.failedResponses.push(`${r.status()} ${r.request().method()} ${r.url()}`);
     if (/\/hunyuancustom\.js(\?|$)/.test(r.url())) report.extensionScripts += 1;
+    if (r.url().includes("/workflow_templates/")) report.templateResponses.push(`${r.status()} ${decodeURI(r.url())}`);
     try { bodies.push({ url: r.url(), text: await r.text() }); } catch { /* redirects, media */ }
   });
   try {
@@ -85,6 +87,7 @@ async function main() {
       cfg.workflows[cfg.cloudWorkflow]);
     report.missingNodesDialog = Object.values(report.workflows).filter((w) => w.dialog).length;
 
+    await checkTemplates(page);
     await checkKey(page, bodies);
     await runCloud(page, context);
     await runInSubgraph(page);
@@ -105,6 +108,57 @@ async function dismissTemplates(page) {
   await page.keyboard.press("Escape");
   await title.waitFor({ state: "detached", timeout: 10000 });
   return "dismissed";
+}
+
+// The template browser (Workflow > Browse Templates), the pack's category: each example workflow's
+// card shows its picture and its title, and opening the browser adds no console error or failed
+// request. Then a card opens its workflow.
+async function checkTemplates(page) {
+  const since = { console: report.consoleErrors.length, responses: report.failedResponses.length,
+    requests: report.failedRequests.length };
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+  const content = page.locator('[data-testid="template-workflows-content"]');
+  await content.waitFor({ timeout: 30000 });
+  await content.getByRole("option", { name: cfg.packModule, exact: true }).click();
+  const cards = {};
+  for (const name of cfg.templateNames) {
+    const card = content.locator(`[data-testid="template-workflow-${name}"]`);
+    await card.waitFor({ timeout: 30000 });
+    await card.scrollIntoViewIfNeeded(); // the pictures load when they come into view
+    // Loaded or failed: either way the <img> is complete (a failed one is replaced by an icon).
+    await page.waitForFunction((el) => {
+      const img = el.querySelector("img");
+      return (img && img.complete && img.naturalWidth > 0) || el.querySelector(".pi-file");
+    }, await card.elementHandle(), { timeout: 30000 }).catch(() => {});
+    cards[name] = await card.evaluate((el) => {
+      const img = el.querySelector("img");
+      return { title: el.querySelector("h3")?.textContent.trim() ?? null,
+        description: el.querySelector("p")?.textContent.trim() ?? null,
+        src: img?.getAttribute("src") ?? null, naturalWidth: img?.naturalWidth ?? 0,
+        naturalHeight: img?.naturalHeight ?? 0, shown: Boolean(img?.checkVisibility()) };
+    });
+  }
+  // The screenshot: the first cards, once their pictures have loaded again (they unload out of view).
+  await content.locator('[data-testid^="template-workflow-"]').first().scrollIntoViewIfNeeded();
+  await page.waitForFunction(() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')]
+    .filter((el) => el.getBoundingClientRect().top < window.innerHeight)
+    .every((el) => el.querySelector("img")?.complete && el.querySelector("img").naturalWidth > 0),
+  null, { timeout: 30000 }).catch(() => {});
+  await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-templates.png") });
+  report.templates = { cards,
+    responses: [...report.templateResponses],
+    consoleErrors: report.consoleErrors.slice(since.console),
+    failedResponses: report.failedResponses.slice(since.responses),
+    failedRequests: report.failedRequests.slice(since.requests) };
+  // A click on the cloud example's card opens it, named after its title.
+  await content.locator(`[data-testid="template-workflow-${cfg.openTemplate}"]`).click();
+  await content.waitFor({ state: "detached", timeout: 30000 });
+  await page.waitForFunction(() => window.app.graph.nodes.some((n) => n.type.startsWith("HunyuanCustomCloud")),
+    null, { timeout: 30000 });
+  report.templates.opened = await page.evaluate(() => ({
+    types: window.app.graph.nodes.map((n) => n.type),
+    workflow: window.app.extensionManager.workflow?.activeWorkflow?.filename ?? null }));
+  step("template browser");
 }
 
 // The front end's "Some Nodes Are Missing" warning: shown? (then closed, so the next check starts clean)
@@ -188,9 +242,83 @@ async function checkKey(page, bodies) {
   step("key round trip");
 }
 
+// What a user sees of the cloud node, read from the page: the status texts shown anywhere (ours
+// or core's progress text under the node), whether the panel's lines fit, and the node's layout.
+function installViewProbe() {
+  const cloudNode = () => window.app.graph.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
+  const shown = (el) => el.checkVisibility({ checkOpacity: true, checkVisibilityCSS: true })
+    && el.getBoundingClientRect().width > 0 && el.getBoundingClientRect().height > 0;
+  // The reporter's phrases (hunyuancustom/ref2v.py) and the result line's first words.
+  const STATUS = /\b(Uploading|Submitting|Queued|Processing|Completed|Downloading|Decoding|Done|Cached)\b|\b(billed|free) ·/;
+  window.__hcView = {
+    cloudNode,
+    statusTexts() {
+      const found = new Set();
+      const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+      for (let t = walk.nextNode(); t; t = walk.nextNode()) {
+        if (STATUS.test(t.textContent) && t.parentElement && shown(t.parentElement)) found.add(t.parentElement);
+      }
+      return [...found].map((el) => ({ text: el.textContent.trim(), cls: String(el.className) }));
+    },
+    panel() {
+      const el = cloudNode().widgets.find((w) => w.name === "hunyuancustom_panel").element;
+      const box = el.getBoundingClientRect();
+      const lines = [...el.querySelectorAll(".hunyuancustom-status-text, .hunyuancustom-info-text")].filter(shown);
+      return {
+        copyShown: shown(el.querySelector(".hunyuancustom-copy")),
+        infoDisplay: getComputedStyle(el.querySelector(".hunyuancustom-info")).display,
+        statusDisplay: getComputedStyle(el.querySelector(".hunyuancustom-status")).display,
+        lines: lines.map((line) => {
+          const r = line.getBoundingClientRect();
+          return { text: line.textContent, clientWidth: line.clientWidth, scrollWidth: line.scrollWidth,
+            clientHeight: line.clientHeight, scrollHeight: line.scrollHeight,
+            insidePanel: r.top >= box.top - 0.5 && r.bottom <= box.bottom + 0.5 && r.right <= box.right + 0.5 };
+        }),
+      };
+    },
+    layout() {
+      const node = cloudNode();
+      const w = (name) => node.widgets.find((x) => x.name === name);
+      const px = (name) => Math.round(w(name)?.element?.getBoundingClientRect().height ?? -1);
+      return { size: [...node.size].map(Math.round), prompt: Math.round(w("prompt").computedHeight),
+        negative: Math.round(w("negative_prompt").computedHeight), promptPx: px("prompt"),
+        negativePx: px("negative_prompt"), video: Boolean(w("video-preview")),
+        widgets: node.widgets.map((x) => x.name),
+        outside: node.widgets.filter((x) => (x.y ?? 0) + (x.computedHeight ?? 0) > node.size[1] + 1).map((x) => x.name) };
+    },
+  };
+}
+
+const twoFrames = (page) => page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+
 async function runCloud(page, context) {
   await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, null); },
     cfg.workflows[cfg.cloudWorkflow]);
+  // The node at the size a new node gets (its default width), at scale 1 for the screenshots.
+  await page.evaluate(installViewProbe);
+  report.run.defaultSize = await page.evaluate(() => {
+    const node = window.__hcView.cloudNode();
+    node.setSize([...window.LiteGraph.createNode(node.type).size]);
+    window.app.canvas.ds.scale = 1;
+    window.app.canvas.centerOnNode?.(node) ?? window.app.canvas.animateToBounds?.(node.boundingRect);
+    window.app.canvas.setDirty(true, true);
+    return [...node.size];
+  });
+  await twoFrames(page);
+  report.run.before = { panel: await page.evaluate(() => window.__hcView.panel()),
+    texts: await page.evaluate(() => window.__hcView.statusTexts()) };
+  await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-before.png") });
+  // The layout at every frame from here until the video has arrived (changes only).
+  await page.evaluate(() => {
+    window.__hcLayout = [];
+    const sample = () => {
+      const now = window.__hcView.layout();
+      const last = window.__hcLayout[window.__hcLayout.length - 1];
+      if (!last || JSON.stringify(last) !== JSON.stringify(now)) window.__hcLayout.push(now);
+      if (!window.__hcLayoutStop) requestAnimationFrame(sample);
+    };
+    requestAnimationFrame(sample);
+  });
   // Record every status line the node draws while the job waits.
   await page.evaluate(() => {
     window.__hcStatus = [];
@@ -201,6 +329,12 @@ async function runCloud(page, context) {
   });
   const started = Date.now();
   await page.evaluate(() => window.app.queuePrompt(0, 1));
+  // While the job waits at the provider: what the node shows.
+  await page.waitForFunction(() => window.__hcView.statusTexts().some((t) => /Processing/.test(t.text)),
+    null, { timeout: 60000 });
+  report.run.during = { panel: await page.evaluate(() => window.__hcView.panel()),
+    texts: await page.evaluate(() => window.__hcView.statusTexts()) };
+  await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-during.png") });
   const info = page.locator(".hunyuancustom-info:not([hidden]) .hunyuancustom-info-text");
   await info.waitFor({ timeout: 120000 });
   report.run.seconds = (Date.now() - started) / 1000;
@@ -208,6 +342,11 @@ async function runCloud(page, context) {
   report.run.status = await page.evaluate(() => window.__hcStatus);
   report.run.statusHiddenAfter = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
   report.run.video = await videoState(page);
+  await twoFrames(page);
+  report.run.after = { panel: await page.evaluate(() => window.__hcView.panel()),
+    texts: await page.evaluate(() => window.__hcView.statusTexts()) };
+  await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-after.png") });
+  report.run.layout = await page.evaluate(() => { window.__hcLayoutStop = true; return window.__hcLayout; });
   // The workflow and the prompt the front end sent, after a run with the key set.
   report.run.workflowHasSecret = await page.evaluate(async (s) =>
     JSON.stringify(window.app.graph.serialize()).includes(s)

@@ -2,7 +2,7 @@
 converter against the front end on every example workflow. Not a test (run by hand):
 
     COMFYUI_PATH=/path/to/ComfyUI python tests/browser/render_workflow.py \
-        [--workflow hunyuancustom_local_ref2v.json] [--out docs/local_ref2v_workflow.png]
+        [--workflow "HunyuanCustom Ref2V (Local).json"] [--out docs/local_ref2v_workflow.png]
 
 Starts ComfyUI with the pack, empty stand-in model files named as in the README and the sample
 inputs, opens each example workflow in headless Chromium (Debian's /usr/bin/chromium, playwright-core
@@ -35,7 +35,7 @@ NODE_MODULES = Path(os.environ.get("HUNYUANCUSTOM_BROWSER_CACHE")
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workflow", default="hunyuancustom_local_ref2v.json")
+    ap.add_argument("--workflow", default="HunyuanCustom Ref2V (Local).json")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "local_ref2v_workflow.png")
     ap.add_argument("--size", default="2000x1400", help="viewport WIDTHxHEIGHT (default 2000x1400)")
     args = ap.parse_args()
