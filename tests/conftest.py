@@ -90,3 +90,11 @@ def api():
 def image():
     """A small reference image, as the node and CLI hand it to the job."""
     return ImageInput(png=png_bytes(make_test_image(None, 64, 48)))
+
+
+@pytest.fixture
+def ref(tmp_path):
+    """A small reference PNG on disk, for the CLI."""
+    path = tmp_path / "ref.png"
+    make_test_image(path, 64, 48)
+    return path

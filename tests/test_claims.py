@@ -19,7 +19,6 @@ import pytest
 
 from hunyuancustom.journal import Journal, default_path
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
-from hunyuancustom.testing.media import make_test_image
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,13 +40,6 @@ sys.exit(main(sys.argv[1:]))
 def api():
     with FakeWaveSpeed(Scenario(processing_polls=0, distinct_videos=True)) as server:
         yield server
-
-
-@pytest.fixture
-def ref(tmp_path):
-    path = tmp_path / "ref.png"
-    make_test_image(path, 64, 48)
-    return path
 
 
 def start(api, ref, out, **overrides) -> subprocess.Popen:

@@ -28,13 +28,6 @@ def api():
         yield server
 
 
-@pytest.fixture
-def ref(tmp_path):
-    path = tmp_path / "ref.png"
-    make_test_image(path, 64, 48)
-    return path
-
-
 def cli(*args, env_extra=None, key="test-key"):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAVESPEED_")}
     env["PYTHONPATH"] = str(REPO)

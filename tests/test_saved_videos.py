@@ -26,7 +26,6 @@ from hunyuancustom.journal import Journal
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
-from hunyuancustom.testing.media import make_test_image
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -228,13 +227,6 @@ def cli(*args):
     env.update(PYTHONPATH=str(REPO), WAVESPEED_API_KEY=TEST_KEY)
     return subprocess.run([sys.executable, "-m", "hunyuancustom", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture
-def ref(tmp_path):
-    path = tmp_path / "ref.png"
-    make_test_image(path, 64, 48)
-    return path
 
 
 def ref2v(api, ref, out, prompt):

@@ -20,7 +20,6 @@ from test_cli import REPO, cli
 from hunyuancustom import atomic
 from hunyuancustom.atomic import remove_stale_temps, replacing
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
-from hunyuancustom.testing.media import make_test_image
 from hunyuancustom.video import probe
 
 DAY = 86400
@@ -30,13 +29,6 @@ DAY = 86400
 def api():
     with FakeWaveSpeed(Scenario(processing_polls=0, output_stall_s=120)) as server:
         yield server
-
-
-@pytest.fixture
-def ref(tmp_path):
-    path = tmp_path / "ref.png"
-    make_test_image(path, 64, 48)
-    return path
 
 
 def start_cli(*args) -> subprocess.Popen:
