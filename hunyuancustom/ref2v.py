@@ -37,6 +37,7 @@ from .errors import (
     SubmitUncertainError,
     TaskFailedError,
     TaskNotFoundError,
+    TaskTimeoutError,
     ValidationError,
 )
 from .journal import (
@@ -177,8 +178,10 @@ def run_ref2v(
             return cached
     api_key = api_key or load_api_key()
     reporter.check_interrupt()
+    deadline = Deadline.after(settings.timeout_s)  # the whole job, waits for another job included
     while True:
-        decision = _decide(journal, fp, model, request, image_ref, seed, force_new, batch, reporter)
+        decision = _decide(journal, fp, model, request, image_ref, seed, force_new, batch, reporter,
+                           deadline)
         if decision.kind == "cached":
             cached = _from_cache(journal, decision.row, dest, decode, cache_copy, reporter,
                                  settings.max_decoded_bytes)
@@ -188,7 +191,8 @@ def run_ref2v(
         job = _Job(journal, decision.row, resumed=decision.kind in ("resume", "refetch"),
                    refetch=decision.kind == "refetch")
         try:
-            return _run(model, image, body, dest, reporter, settings, api_key, decode, options, job)
+            return _run(model, image, body, dest, reporter, settings, api_key, decode, options, job,
+                        deadline)
         except _TaskGone as gone:
             # That task's video can no longer be had: nothing to pay twice for, decide again.
             if gone.note:
@@ -218,7 +222,8 @@ class _ClaimLost(Exception):
 
 
 def _decide(journal: Journal, fp: str, model: CloudModel, request: str, image_ref: str, seed: int,
-            force_new: bool, batch: tuple[int, int] | None, reporter: Reporter) -> Decision:
+            force_new: bool, batch: tuple[int, int] | None, reporter: Reporter,
+            deadline: Deadline) -> Decision:
     while True:
         decision = journal.acquire(fp, model=model.model_id, request=request, image_ref=image_ref,
                                    seed=seed, force_new=force_new, batch=batch)
@@ -228,9 +233,15 @@ def _decide(journal: Journal, fp: str, model: CloudModel, request: str, image_re
             return decision
         # The same fixed-seed request is running in another job: its result will serve this one.
         other = decision.row
-        reporter.status(f"Waiting for the identical job {other.id} already running"
-                        + (f" (task {other.task_id})" if other.task_id else ""))
-        sleep(1.0, reporter)
+        task = f" (task {other.task_id})" if other.task_id else ""
+        if deadline.left() <= 0:
+            raise TaskTimeoutError(
+                f"Stopped after {deadline.budget_s:g} s (setting timeout_s) waiting for the identical "
+                f"job {other.id}{task} that another ComfyUI or CLI process is running; nothing was "
+                "submitted. Run again to get its video once it is done (not billed again), or raise "
+                "timeout_s.", task_id=other.task_id, elapsed_s=deadline.elapsed())
+        reporter.status(f"Waiting for the identical job {other.id} already running{task}")
+        sleep(min(1.0, max(deadline.left(), 0.01)), reporter)
 
 
 def _uncertain_message(row: JobRow, journal: Journal) -> str:
@@ -329,9 +340,9 @@ class _KeepAlive:
 
 def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path, reporter: Reporter,
          settings: Settings, api_key: ApiKey, decode: bool, options: ClientOptions | None,
-         job: _Job | None) -> Ref2VResult:
+         job: _Job | None, deadline: Deadline | None = None) -> Ref2VResult:
     resumed = job is not None and job.resumed
-    deadline = Deadline.after(settings.timeout_s)  # the whole job, upload to download
+    deadline = deadline or Deadline.after(settings.timeout_s)  # the whole job, upload to download
     # A task is polled where it was submitted, whatever the settings say now.
     api_base = (job.row.api_base if resumed else None) or settings.api_base
     _check_key_root(api_key, api_base, settings, job)

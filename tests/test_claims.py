@@ -17,7 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from hunyuancustom.config import ApiKey, Settings
+from hunyuancustom.errors import TaskTimeoutError
 from hunyuancustom.journal import Journal, default_path
+from hunyuancustom.params import REF2V_720P
+from hunyuancustom.ref2v import ImageInput, run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,4 +135,25 @@ def test_the_claim_is_refreshed_while_an_upload_is_slow(api, ref, tmp_path, slow
         api.release_stalls()
     finish(proc)
     assert refreshed, "the claim's heartbeat was never refreshed during the slow upload"
+    assert submits(api) == 1
+
+
+def test_waiting_for_an_identical_job_elsewhere_keeps_the_deadline(api, ref, tmp_path):
+    """timeout_s bounds the whole run, the wait for another process's identical job included; the
+    waiting run submits nothing and the other job's video serves the next run."""
+    api.set_scenario(upload_stall_s=120.0, upload_stall_first_n=1)
+    first = start(api, ref, tmp_path / "a.mp4")
+    try:
+        assert api.stalled.wait(60), "the first process never started its upload"
+        params = {"prompt": "The same request from two processes", "seed": 42}
+        with Journal.open_default() as journal, pytest.raises(TaskTimeoutError) as e:
+            run_ref2v(REF2V_720P, ImageInput(png=ref.read_bytes()), params, tmp_path / "b.mp4",
+                      settings=Settings(api_base=api.base_url, timeout_s=1.0),
+                      api_key=ApiKey("test-key", "test"), journal=journal, decode=False)
+        assert "waiting for the identical job" in str(e.value) and "timeout_s" in str(e.value)
+        assert 1.0 <= e.value.elapsed_s < 10.0
+        assert submits(api) == 0 and not (tmp_path / "b.mp4").exists()
+    finally:
+        api.release_stalls()
+    finish(first)
     assert submits(api) == 1
