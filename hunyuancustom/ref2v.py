@@ -522,11 +522,7 @@ def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageI
                 raise _ClaimLost()
     except BaseException:
         if job is not None and job.held:  # nothing reached the provider: the row would mislead
-            try:
-                job.journal.delete_owned(job.row.id)  # never a row another process took over
-                job.held = False
-            except JournalError:
-                pass
+            _forget(job)
         raise
 
     # 3. Submit exactly once.

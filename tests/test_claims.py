@@ -7,7 +7,6 @@ processes shorten the journal's claim timings through its module attributes, as 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,17 +18,13 @@ import pytest
 
 from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import TaskTimeoutError
-from hunyuancustom.journal import Journal, default_path
+from hunyuancustom.journal import Journal, default_path, file_identity
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import ImageInput, run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def file_identity(path) -> tuple[int, str]:
-    data = Path(path).read_bytes()
-    return len(data), hashlib.sha256(data).hexdigest()
 CHILD = """
 import json, os, sys
 from hunyuancustom import journal

@@ -8,7 +8,6 @@ tell whose video a file is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -22,17 +21,13 @@ from conftest import TEST_KEY, RecordingReporter
 from hunyuancustom import journal as journal_module
 from hunyuancustom.client import ClientOptions, PollSchedule
 from hunyuancustom.config import ApiKey, Settings
-from hunyuancustom.journal import Journal
+from hunyuancustom.journal import Journal, file_identity
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
 
 REPO = Path(__file__).resolve().parent.parent
 
-
-def file_identity(path) -> tuple[int, str]:
-    data = Path(path).read_bytes()
-    return len(data), hashlib.sha256(data).hexdigest()
 A = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
 B = {"prompt": "A woman is reading a book in the garden.", "seed": 1234}
 FAST = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
