@@ -32,6 +32,7 @@ from . import __version__
 from .config import ApiKey, how_to_set_key, same_server
 from .download import download_video
 from .errors import (
+    UNCERTAIN_ADVICE,
     ApiError,
     AuthError,
     ForbiddenError,
@@ -332,10 +333,8 @@ class WaveSpeedClient:
                 if not idempotent:
                     if not _never_sent(e):
                         raise SubmitUncertainError(
-                            f"The connection failed after the request was sent ({kind}); the task "
-                            "may or may not have been created. It was not resubmitted, so you are "
-                            "not billed twice: check your WaveSpeedAI dashboard before running "
-                            "again.") from None
+                            f"The connection failed after the request was sent ({kind}); "
+                            + UNCERTAIN_ADVICE) from None
                     self.submit_in_doubt = False
                 failures += 1
                 if failures >= self.retry.attempts:
@@ -363,9 +362,8 @@ class WaveSpeedClient:
             if status in _RETRY_STATUS or status >= 500:
                 if not idempotent:
                     raise SubmitUncertainError(
-                        f"The API answered HTTP {status} to the submit; the task may or may not "
-                        "have been created. It was not resubmitted, so you are not billed twice: "
-                        "check your WaveSpeedAI dashboard before running again.", status=status)
+                        f"The API answered HTTP {status} to the submit; " + UNCERTAIN_ADVICE,
+                        status=status)
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise ServerError(f"The API kept failing (HTTP {status}: {_message(resp)}) "
@@ -434,9 +432,7 @@ class WaveSpeedClient:
             # E.g. HTTP 200 with {"code": 500}: a failure that does not say no task was made.
             raise SubmitUncertainError(
                 f"The API answered the submit with an error that does not say the task was "
-                f"refused ({e}); the task may or may not have been created. It was not "
-                "resubmitted, so you are not billed twice: check your WaveSpeedAI dashboard "
-                "before running again.", status=e.status) from None
+                f"refused ({e}); " + UNCERTAIN_ADVICE, status=e.status) from None
         try:
             return parse_prediction(payload)
         except MalformedResponseError as e:

@@ -77,6 +77,11 @@ class SubmitUncertainError(ApiError):
     """
 
 
+# How every SubmitUncertainError message ends: what it means and what the user should do.
+UNCERTAIN_ADVICE = ("the task may or may not have been created. It was not resubmitted, so you are "
+                    "not billed twice: check your WaveSpeedAI dashboard before running again.")
+
+
 class TaskNotFoundError(ApiError):
     """The API itself (its JSON envelope, not a proxy's page) answered 404 for a task id."""
 

@@ -27,6 +27,7 @@ from .atomic import check_writable_dir, replacing
 from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings, same_server
 from .errors import (
+    UNCERTAIN_ADVICE,
     ApiError,
     DownloadError,
     Interrupted,
@@ -557,9 +558,7 @@ def _submit_failed(client: WaveSpeedClient, job: _Job | None, reporter: Reporter
         status, error = UNCERTAIN, "The run was cancelled while the submit was in flight."
     else:  # the POST went out, its answer could not be handled: a task may exist
         e = SubmitUncertainError(f"The submit's answer could not be read ({type(e).__name__}: "
-                                 f"{str(e)[:200]}); the task may or may not have been created. "
-                                 "It was not resubmitted, so you are not billed twice: check "
-                                 "your WaveSpeedAI dashboard before running again.")
+                                 f"{str(e)[:200]}); " + UNCERTAIN_ADVICE)
         status, error = UNCERTAIN, str(e)
     if job is not None:
         job.note(release=True, status=status, error=error)
