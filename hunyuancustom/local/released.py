@@ -2,7 +2,8 @@
 
 Core's HunyuanVideo computes the released model's maths but differs from `hymm_sp` in four places.
 Each is mended through core's own extension points (a DIFFUSION_MODEL and an OUTER_SAMPLE wrapper,
-an object patch), never by editing core, so every sampler, scheduler, step cache, LoRA, compile and
+an object patch, block patches), never by editing core or depending on how its forward orders
+its tokens, so every sampler, scheduler, step cache, LoRA, compile and
 guidance patch a user puts on the MODEL keeps working:
 
 1. **Batches.** With `ref_latent`, core writes into an expanded position-id view and fails for a
@@ -12,10 +13,12 @@ guidance patch a user puts on the MODEL keeps working:
    its end, while LLaVA put the 576 image features in place before the padding. The release reads
    that mask two ways: the token refiner position by position (masked mean pooling; a query sees a
    key when both are unmasked, and key 0 always), the main attention by its sum only (the first
-   `sum` text tokens). The wrapper hands core the prefix mask for the main attention and the mask
-   itself to the refiner, which an object patch runs the released way on core's own layers.
+   `sum` text tokens). The wrapper hands core exactly those first `sum` states and no mask, and the
+   whole text with its mask to the refiner, which an object patch runs the released way on core's
+   own layers.
 3. **DeepCache** (released default at exactly 30 steps): steps 11, 12, 14, 15, 17, 18, 20 and 21 run
-   only the last single-stream block, on its input cached at the previous full step.
+   only the last single-stream block, on its input cached at the previous full step: block patches
+   pass every other block's input through, and core's own forward does the rest.
 4. **The schedule.** The release's sigmas are the shifted `linspace(1, 0, steps + 1)`. Core's `simple`
    scheduler picks them from a 1000-entry table and rounds 1000 / steps down (30 steps: t = 0.967
    instead of 0.9667), so on this MODEL `simple` gives the released sigmas exactly.
@@ -29,24 +32,24 @@ import uuid
 
 import torch
 
+from .core_call import Call, Signature
 from .schedule import flow_sigmas
 
 KEY = "hunyuancustom_release"  # wrapper key and attachment name on the ModelPatcher
-TEXT_MASK = "hunyuancustom_text_mask"  # transformer_options entry: the released mask, per sample
+TEXT = "hunyuancustom_text"  # transformer_options entry: (the whole text states, the released mask)
 SAMPLE = "hunyuancustom_sample"  # transformer_options entry: the sample's index within its branch
 DEEPCACHE_STEPS = 30
 DEEPCACHE_CACHED_STEPS = frozenset({11, 12, 14, 15, 17, 18, 20, 21})
 RELEASED_SHIFT = 13.0
 
-# DIFFUSION_MODEL's positional arguments (core's HunyuanVideo.forward / _forward)
-_ARGS = ("x", "timestep", "context", "y", "txt_byt5", "guidance", "attention_mask", "guiding_frame_index",
-         "ref_latent", "disable_time_r", "control", "transformer_options")
-
-
 class ReleasedTokenRefiner(torch.nn.Module):
     """Core's token refiner's own layers (the same modules, so LoRA and weight patches reach them),
     run with the released masking: the pooled context is the masked mean of the text states, and a
-    query attends to a key when both are unmasked, or when the key is the first token."""
+    query attends to a key when both are unmasked, or when the key is the first token.
+
+    Core hands it the text the main attention will see (the first `sum(mask)` states, see
+    `released_text`); the released refiner reads all of them under the mask, which the wrapper
+    leaves in `transformer_options[TEXT]`."""
 
     def __init__(self, core_refiner: torch.nn.Module):
         super().__init__()
@@ -56,13 +59,23 @@ class ReleasedTokenRefiner(torch.nn.Module):
         self.individual_token_refiner = core_refiner.individual_token_refiner
 
     def forward(self, x, timesteps, mask, transformer_options={}):  # noqa: B006 (core's signature)
-        from comfy.ldm.flux.layers import timestep_embedding
-
-        keep = transformer_options.get(TEXT_MASK)
-        if keep is None and mask is not None:
+        text = transformer_options.get(TEXT)
+        if text is not None:
+            states, keep = text
+            if states.shape[0] != x.shape[0] or states.shape[1] < x.shape[1]:
+                raise RuntimeError(f"the text reached the token refiner as {list(x.shape)}, but the "
+                                   f"released text is {list(states.shape)}: another patch changed it")
+            return self.refine(states.to(x.dtype), timesteps, keep, transformer_options)[:, :x.shape[1]]
+        keep = None
+        if mask is not None:
             keep = mask > -1  # core hands the refiner an additive mask: 0 keeps, -max drops
             if keep.dim() != 2:
                 keep = None
+        return self.refine(x, timesteps, keep, transformer_options)
+
+    def refine(self, x, timesteps, keep, transformer_options):
+        from comfy.ldm.flux.layers import timestep_embedding
+
         t = self.t_embedder(timestep_embedding(timesteps, 256, time_factor=1.0).to(x.dtype))
         if keep is None:
             pooled, attn = x.float().mean(dim=1), None
@@ -119,17 +132,23 @@ def _take(value, i: int, batch: int):
     return value
 
 
-def split_text_mask(mask: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(mask for core's main attention, mask for the refiner) from one sample's released mask [1, L]:
-    the main attention takes the first `sum` tokens (None when that is all of them)."""
+def released_text(call: Call, options: dict) -> tuple[Call, dict]:
+    """One sample's call with the released text masking, and no mask handed to core.
+
+    The main attention sees exactly the first `sum(mask)` text tokens: core gets those states and no
+    attention mask, so neither its token order nor how an engine splits the sequence matters. The
+    whole text and its mask go to the token refiner through `transformer_options[TEXT]`. A float
+    mask (not the pack's) and a mask of all ones are core's business and left as they are."""
+    mask, states = call["attention_mask"], call["context"]
     if mask is None or torch.is_floating_point(mask):
-        return mask, None
+        return call, options
     keep = mask.bool()
+    if keep.shape != states.shape[:2]:
+        raise RuntimeError(f"the text mask is {list(keep.shape)} for text states {list(states.shape)}")
+    if bool(keep.all()):
+        return call.replace(attention_mask=None), options
     n = int(keep.sum())
-    if n == keep.shape[-1] and bool(keep.all()):
-        return None, keep
-    prefix = (torch.arange(keep.shape[-1], device=keep.device) < n).unsqueeze(0)
-    return prefix.to(mask.dtype), keep
+    return call.replace(context=states[:, :n], attention_mask=None), {**options, TEXT: (states, keep)}
 
 
 class ReleasedForward:
@@ -140,7 +159,7 @@ class ReleasedForward:
         self.deepcache = deepcache
         self.released_schedule = released_schedule
         self._run = None  # the sample_sigmas of the run the cache belongs to
-        self._cache: dict = {}
+        self._cache: dict = {}  # per branch, video and device: the last single block's input
         self.calls = {"full": 0, "cached": 0}  # transformer passes, for tests and benchmarks
 
     # --- OUTER_SAMPLE ---------------------------------------------------------------------------
@@ -156,37 +175,34 @@ class ReleasedForward:
 
     # --- DIFFUSION_MODEL ------------------------------------------------------------------------
     def __call__(self, executor, *args, **kwargs):
-        a = dict(zip(_ARGS, args, strict=False))  # the trailing ones may come as keywords
-        a.update({k: kwargs.pop(k) for k in _ARGS if k in kwargs})
-        a.setdefault("transformer_options", {})
-        batch = a["x"].shape[0]
+        call = Signature.of(executor.original).bind(args, kwargs)
+        batch = call["x"].shape[0]
         outs = []
         for i in range(batch):
-            s = {k: (v if k == "transformer_options" else _take(v, i, batch)) for k, v in a.items()}
-            opts = _sample_options(a["transformer_options"], i, batch)
-            s["attention_mask"], keep = split_text_mask(s.get("attention_mask"))
-            if keep is not None:
-                opts[TEXT_MASK] = keep
-            s["transformer_options"] = opts
-            outs.append(self._forward_one(executor, s, kwargs))
+            one = call.replace(**{k: _take(v, i, batch) for k, v in call.values.items()
+                                  if k != "transformer_options"})
+            one, opts = released_text(one, _sample_options(call["transformer_options"], i, batch))
+            outs.append(self._forward_one(executor, one, opts))
         return torch.cat(outs) if batch > 1 else outs[0]
 
-    def _forward_one(self, executor, s: dict, kwargs: dict):
-        opts = s["transformer_options"]
+    def _forward_one(self, executor, call: Call, opts: dict):
         step, steps = _step(opts)
         use_cache = self.deepcache and steps == DEEPCACHE_STEPS
         if use_cache and opts.get("sample_sigmas") is not self._run:
             self._cache.clear()
             self._run = opts.get("sample_sigmas")
-        key = _branch_key(opts)
+        key = _branch_key(opts, call["x"].device)
+        net = executor.class_obj
         if use_cache and step in DEEPCACHE_CACHED_STEPS and key in self._cache:
             self.calls["cached"] += 1
-            return _last_block_only(executor.class_obj, s, self._cache[key])
-        if use_cache:
-            opts = _capture_last_single_block(executor.class_obj, opts, self._cache, key, s)
-            s = {**s, "transformer_options": opts}
-        self.calls["full"] += 1
-        return executor(*[s.get(k) for k in _ARGS], **kwargs)
+            opts = cached_step(net, opts, self._cache[key])
+            if "control" in call.values:  # its residuals are in the cached input already
+                call = call.replace(control=None)
+        else:
+            self.calls["full"] += 1
+            if use_cache:
+                opts = capture_last_block_input(net, opts, self._cache, key)
+        return call.replace(transformer_options=opts).run(executor)
 
 
 def _step(opts: dict) -> tuple[int | None, int | None]:
@@ -198,60 +214,62 @@ def _step(opts: dict) -> tuple[int | None, int | None]:
     return (int(hits[0]) if len(hits) else None), sample_sigmas.shape[0] - 1
 
 
-def _branch_key(opts: dict):
+def _branch_key(opts: dict, device):
+    # the device too: core's multi-GPU runs branches on several devices at once, each in a thread
     uuids, cond = opts.get("uuids"), opts.get("cond_or_uncond")
-    return (uuids[0] if uuids else None, cond[0] if cond else None, opts.get(SAMPLE, 0))
+    return (uuids[0] if uuids else None, cond[0] if cond else None, opts.get(SAMPLE, 0), str(device))
 
 
-def _capture_last_single_block(net, opts: dict, cache: dict, key, s: dict) -> dict:
-    """transformer_options whose last single-block patch records that block's input (the tokens,
-    rotary embedding and mask) for the cached steps; a patch already there is kept inside."""
-    last = ("single_block", len(net.single_blocks) - 1)
+def _with_block_patches(opts: dict, patches: dict) -> dict:
     replace = dict(opts.get("patches_replace") or {})
-    dit = dict(replace.get("dit") or {})
-    inner = dit.get(last)
-    ref = s.get("ref_latent")
-    ref_tokens = _tokens(net, ref) if ref is not None else 0
-
-    def record(args, extra):
-        # a copy: core's single block adds its output to its input in place
-        cache[key] = {"img": args["img"].clone(), "pe": args["pe"], "mask": args.get("attention_mask"),
-                      "img_len": _tokens(net, s["x"]) + ref_tokens, "ref_len": ref_tokens}
-        return inner(args, extra) if inner is not None else extra["original_block"](args)
-
-    dit[last] = record
-    replace["dit"] = dit
+    replace["dit"] = {**(replace.get("dit") or {}), **patches}
     return {**opts, "patches_replace": replace}
 
 
-def _tokens(net, latent: torch.Tensor) -> int:
-    n = 1
-    for size, p in zip(latent.shape[-len(net.patch_size):], net.patch_size, strict=True):
-        n *= (size + p // 2) // p
-    return n
+def _last_single(net) -> tuple[str, int]:
+    return ("single_block", len(net.single_blocks) - 1)
 
 
-def _last_block_only(net, s: dict, cached: dict) -> torch.Tensor:
-    """A DeepCache step: the modulation vector of this step, the last single-stream block on the
-    cached input, the final layer (the tail of core's forward, as the release runs it)."""
-    from comfy.ldm.flux.layers import timestep_embedding
+def capture_last_block_input(net, opts: dict, cache: dict, key) -> dict:
+    """transformer_options whose last single-block patch records that block's input for the cached
+    steps; a patch already there is kept inside."""
+    last = _last_single(net)
+    inner = ((opts.get("patches_replace") or {}).get("dit") or {}).get(last)
 
-    x, opts = s["x"], s["transformer_options"]
-    img = cached["img"]
-    vec = net.time_in(timestep_embedding(s["timestep"], 256, time_factor=1.0).to(img.dtype))
-    if net.vector_in is not None:
-        vec = vec + net.vector_in(s["y"][:, :net.params.vec_in_dim])
-    if net.params.guidance_embed and s.get("guidance") is not None:
-        vec = vec + net.guidance_in(timestep_embedding(s["guidance"], 256).to(img.dtype))
-    out = net.single_blocks[-1](img.clone(), vec=vec, pe=cached["pe"], attn_mask=cached["mask"],
-                                modulation_dims=None, transformer_options=opts)
-    out = out[:, cached["ref_len"]:cached["img_len"]]
-    out = net.final_layer(out, vec, modulation_dims=None)
-    b, c = x.shape[0], net.out_channels
-    pt, ph, pw = net.patch_size
-    t, h, w = x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw
-    out = out.reshape(b, t, h, w, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
-    return out.reshape(b, c, t * pt, h * ph, w * pw)
+    def record(args, extra):
+        cache[key] = args["img"].clone()  # a copy: core's single block adds to its input in place
+        return inner(args, extra) if inner is not None else extra["original_block"](args)
+
+    return _with_block_patches(opts, {last: record})
+
+
+def cached_step(net, opts: dict, cached: torch.Tensor) -> dict:
+    """transformer_options for a DeepCache step, as the release runs it: every block but the last
+    single-stream one passes its input through, the last one runs on its input cached at the last
+    full step. Core's own forward does the rest (this step's modulation, its token layout, the
+    final layer), so nothing here depends on how core orders or slices its tokens."""
+    last = _last_single(net)
+    inner = ((opts.get("patches_replace") or {}).get("dit") or {}).get(last)
+
+    def replay(args, extra):
+        if args["img"].shape != cached.shape:
+            raise RuntimeError(f"DeepCache: the last block's input is {list(args['img'].shape)} on this step "
+                               f"but was {list(cached.shape)} when cached")
+        args = {**args, "img": cached.clone()}
+        return inner(args, extra) if inner is not None else extra["original_block"](args)
+
+    patches = {("double_block", i): _pass_double for i in range(len(net.double_blocks))}
+    patches.update({("single_block", i): _pass_single for i in range(last[1])})
+    patches[last] = replay
+    return _with_block_patches(opts, patches)
+
+
+def _pass_double(args, extra):
+    return {"img": args["img"], "txt": args["txt"]}
+
+
+def _pass_single(args, extra):
+    return {"img": args["img"]}
 
 
 def released_if_simple(model_sampling, sigmas: torch.Tensor) -> torch.Tensor:
