@@ -55,8 +55,8 @@ def _tokenizer_cause(tokenizer) -> str:
     if module.startswith("transformers"):
         import transformers
 
-        version = getattr(transformers, "__version__", "?")
-        if int(version.split(".")[0]) >= 5:
+        version = getattr(transformers, "__version__", "0")
+        if version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 5:
             return (f"ComfyUI tokenizes with transformers' {type(tokenizer).__name__}, and transformers "
                     f"{version} (5.x) rebuilds that tokenizer without its spaces (as with ComfyUI "
                     "0.3.64 and transformers 5.x). Fix: install transformers below 5 in ComfyUI's Python "
@@ -69,11 +69,12 @@ def _tokenizer_cause(tokenizer) -> str:
 def check_tokenizer(tokenize: Callable[[str], list[int]], tokenizer=None) -> None:
     """Stop with TokenizerError unless `tokenize` gives the released template prefix as 95 tokens
     and KNOWN_SENTENCE as KNOWN_IDS. Checked once per `tokenizer` object (when weak-referenceable)."""
+    key = tokenizer
     try:
-        if tokenizer is not None and tokenizer in _checked_tokenizers:
+        if key is not None and key in _checked_tokenizers:
             return
-    except TypeError:
-        tokenizer = None
+    except TypeError:  # not weak-referenceable: checked every time
+        key = None
     prefix = list(tokenize(TEMPLATE_PREFIX))
     ids = list(tokenize(TEMPLATE_PREFIX + KNOWN_SENTENCE))
     if len(prefix) != prompt_template.CROP_START or tuple(ids[len(prefix):]) != KNOWN_IDS:
@@ -82,11 +83,8 @@ def check_tokenizer(tokenize: Callable[[str], list[int]], tokenizer=None) -> Non
                     f"template before the prompt is {len(prefix)} tokens instead of "
                     f"{prompt_template.CROP_START}, or {KNOWN_SENTENCE!r} gives other ids), so the "
                     f"prompt would be encoded wrongly. Cause: {_tokenizer_cause(tokenizer)}.")
-    if tokenizer is not None:
-        try:
-            _checked_tokenizers.add(tokenizer)
-        except TypeError:
-            pass
+    if key is not None:
+        _checked_tokenizers.add(key)
 
 
 def token_ids(tokenize: Callable[[str], list[int]], text: str, pad_id: int, image_id: int,
