@@ -1,11 +1,13 @@
 """The released text-image fusion's layout (pure parts of hunyuancustom/local/text_encoder.py): the
-token sequence, LLaVA's merge of the image features, and the mask the released pipeline passes on."""
+token sequence, LLaVA's merge of the image features, the mask the released pipeline passes on, and
+the tokenizer check, on the real Llama-3 vocabulary (`text_models.llama3_tokenizer_dir`)."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+import text_models
 import torch
 
 from hunyuancustom.errors import ValidationError
@@ -49,13 +51,15 @@ def test_a_prompt_that_pushes_the_image_out_is_refused_naming_the_field():
 
 def test_llava_merge_puts_576_features_in_place_and_counts_positions_over_unmasked_tokens():
     n, at, width = 130, 129, 4
-    tokens = torch.arange(351, dtype=torch.float32)[None, :, None].expand(1, 351, width)
+    tokens = 1 + torch.arange(351, dtype=torch.float32)[None, :, None].expand(1, 351, width)
     feats = -torch.ones(576, width)
-    embeds, mask, positions = text_encoder.merge_image(tokens, feats, n, at)
+    pad = torch.arange(351) >= n
+    embeds, mask, positions = text_encoder.merge_image(tokens, feats, n, at, pad)
     assert embeds.shape == (1, 926, width) and mask.shape == positions.shape == (1, 926)
     assert torch.equal(embeds[0, :at], tokens[0, :at])
     assert torch.all(embeds[0, at:at + 576] == -1)
-    assert torch.equal(embeds[0, at + 576:], tokens[0, at + 1:])  # padding after the features
+    # transformers 4.41's LLaVA zeroes the <pad> tokens' input embeddings (not the <pad> row's values)
+    assert torch.all(embeds[0, at + 576:] == 0) and embeds.shape[1] - (at + 576) == 351 - n
     assert mask.sum() == n - 1 + 576 and torch.all(mask[0, at + 576:] == 0)
     real = at + 576
     assert torch.equal(positions[0, :real], torch.arange(real))
@@ -70,3 +74,85 @@ def test_the_mask_passed_on_has_575_ones_at_its_end(after_crop):
     assert torch.all(mask[0, after_crop:256] == 0)
     assert torch.all(mask[0, 256:] == 1)
     assert int(mask.sum()) == after_crop + 575
+
+
+def test_llava_merge_zeroes_every_pad_token_and_only_those():
+    """As the release: by token id, so a literal `<pad>` in the prompt is zeroed too."""
+    tokens = torch.randn(1, 351, 4) + 10
+    pad = torch.zeros(351, dtype=torch.bool)
+    pad[[5, 200, 300]] = True
+    embeds, _, _ = text_encoder.merge_image(tokens, torch.zeros(576, 4), 250, 249, pad)
+    feature_at = torch.arange(926)
+    token_at = torch.cat([torch.arange(249), torch.arange(250, 351) + 575])  # where each token went
+    zero = (embeds[0] == 0).all(-1)
+    assert zero[token_at].tolist() == pad[torch.cat([torch.arange(249), torch.arange(250, 351)])].tolist()
+    assert zero[feature_at[249:249 + 576]].all()  # the (zero) features themselves
+
+
+@pytest.fixture(scope="module")
+def llama3():
+    """The real Llama-3 vocabulary through the `tokenizers` library (what transformers 4.x's
+    LlamaTokenizerFast runs, and what core 0.33.0's own reader matches)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(text_models.llama3_tokenizer_dir() / "tokenizer.json"))
+    return lambda text: tok.encode(text).ids
+
+
+def test_the_released_text_on_the_real_vocabulary(llama3):
+    text = prompt.llava_text(text_encoder.KNOWN_SENTENCE, "woman")
+    ids, n, at = text_encoder.token_ids(llama3, text, PAD, IMAGE)
+    assert len(llama3(text_encoder.TEMPLATE_PREFIX)) == prompt.CROP_START == 95
+    assert ids[0] == 128000 and ids[at] == IMAGE and at == n - 1
+    assert tuple(ids[95:95 + len(text_encoder.KNOWN_IDS)]) == text_encoder.KNOWN_IDS
+    assert ids[95 + len(text_encoder.KNOWN_IDS)] == 128009  # <|eot_id|> ends the user turn
+
+
+def test_the_check_passes_a_right_tokenizer_once_per_tokenizer_object(llama3):
+    calls = []
+
+    class Tok:
+        def __call__(self, text):
+            calls.append(text)
+            return llama3(text)
+
+    tok = Tok()
+    text_encoder.check_tokenizer(tok, tok)
+    assert len(calls) == 2
+    text_encoder.check_tokenizer(tok, tok)
+    assert len(calls) == 2  # checked once
+    other = Tok()
+    text_encoder.check_tokenizer(other, other)
+    assert len(calls) == 4
+
+
+def test_the_check_refuses_other_ids_even_with_95_prefix_tokens(llama3):
+    cut = len(text_encoder.TEMPLATE_PREFIX)
+
+    def lower(text):  # same number of template tokens, other ids for the sentence
+        return llama3(text[:cut] + text[cut:].lower())
+
+    assert len(lower(text_encoder.TEMPLATE_PREFIX)) == 95
+    with pytest.raises(text_encoder.TokenizerError, match=r"^clip: .*gives other ids.*damaged or replaced"):
+        text_encoder.check_tokenizer(lower)
+
+
+def test_the_check_refuses_transformers_5_llama_tokenizer_naming_cause_and_fix(llama3):
+    """Core 0.3.64 tokenizes with transformers' LlamaTokenizerFast; transformers 5.x rebuilds it
+    without spaces (96 template tokens). Under 4.x the same class is right (the golden's maker ran
+    the check on transformers 4.41.2: tests/data/released_text_golden.md)."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.LlamaTokenizerFast.from_pretrained(str(text_models.llama3_tokenizer_dir()))
+    major = int(transformers.__version__.split(".")[0])
+    if major < 5:
+        text_encoder.check_tokenizer(lambda t: hf(t)["input_ids"], hf)
+        return
+    assert len(hf(text_encoder.TEMPLATE_PREFIX)["input_ids"]) == 96
+    with pytest.raises(text_encoder.TokenizerError) as e:
+        text_encoder.check_tokenizer(lambda t: hf(t)["input_ids"], hf)
+    message = str(e.value)
+    assert message.startswith("clip: ") and "96 tokens instead of 95" in message
+    assert f"transformers {transformers.__version__}" in message and "0.3.64" in message
+    assert 'pip install "transformers<5"' in message and "update ComfyUI" in message
+    # refused every time: a failed check is not remembered as passed
+    with pytest.raises(text_encoder.TokenizerError):
+        text_encoder.check_tokenizer(lambda t: hf(t)["input_ids"], hf)
