@@ -256,24 +256,28 @@ class Passes:
 
 
 def conditioning_node(nodes_local, vae, batch_size=1, positive=POSITIVE, negative=NEGATIVE):
-    out = nodes_local.LocalConditioning.execute(vae, IMAGE, "A man waves.", "", "1280*720", FRAMES,
-                                                batch_size, positive=positive, negative=negative, width=W,
-                                                height=H)
+    with torch.inference_mode():  # as ComfyUI's executor runs every node (core's VAE relies on it)
+        out = nodes_local.LocalConditioning.execute(vae, IMAGE, "A man waves.", "", "1280*720", FRAMES,
+                                                    batch_size, positive=positive, negative=negative,
+                                                    width=W, height=H)
     return out.args
 
 
 def ksampler(model, positive, negative, latent, steps, seed=3, cfg=7.5):
     import nodes
 
-    return nodes.KSampler().sample(model, seed, steps, cfg, "euler", "simple", positive, negative, latent)[0]
+    with torch.inference_mode():
+        return nodes.KSampler().sample(model, seed, steps, cfg, "euler", "simple", positive, negative,
+                                       latent)[0]
 
 
 def one_node(nodes_local, model, vae, steps, seed=3, latent=None, positive=POSITIVE, negative=NEGATIVE):
-    """Ref2V (Local)'s execute as ComfyUI calls it; returns (latent, frames, ui)."""
-    out = nodes_local.LocalRef2V.execute(
-        model, vae, IMAGE, "A man waves.", "", "1280*720", 7.5, 13.0, seed, steps, FRAMES, 25.0,
-        positive=positive, negative=negative, width=0 if latent is not None else W,
-        height=0 if latent is not None else H, latent=latent)
+    """Ref2V (Local)'s execute as ComfyUI calls it (under inference mode); returns (latent, frames, ui)."""
+    with torch.inference_mode():
+        out = nodes_local.LocalRef2V.execute(
+            model, vae, IMAGE, "A man waves.", "", "1280*720", 7.5, 13.0, seed, steps, FRAMES, 25.0,
+            positive=positive, negative=negative, width=0 if latent is not None else W,
+            height=0 if latent is not None else H, latent=latent)
     return out.args[3], out.args[1], out.ui
 
 
