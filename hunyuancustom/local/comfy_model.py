@@ -96,6 +96,10 @@ def scaled_fp8_operations():
     - lowvram partial loads and dynamic VRAM: the stored fp8 weight stays as loaded and `forward`
       applies core's patch at run time, in float32 on the dequantised weight, for the one layer
       being computed (core's own call would patch the scaled fp8 value, or write it back in fp8).
+    Why two ways: on a full load core patches once and every step runs at full speed, so the patch
+    is stored; on the other paths core recomputes the patch at every cast anyway, and only a
+    run-time patch in real units is right there (core does not pass those through
+    convert/set_weight), with no second copy of the weight.
     """
     if "ops" in _OPS_CACHE:
         return _OPS_CACHE["ops"]
