@@ -104,8 +104,9 @@ def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: CancelEve
         cancel.on_set(lambda: _shut(resp))
         if resp.status_code in _GONE:
             raise OutputExpiredError(
-                f"The output URL answered HTTP {resp.status_code}: it has expired or was removed "
-                "(the provider keeps outputs for about 7 days).", status=resp.status_code,
+                f"The video host answered HTTP {resp.status_code} for the output URL: the video "
+                "could not be fetched (it may have expired, or a proxy or the host may be blocking "
+                "it).", status=resp.status_code,
                 task_id=task_id)
         if resp.status_code >= 500:
             raise _ServerSide(f"HTTP {resp.status_code}")

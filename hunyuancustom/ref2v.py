@@ -210,8 +210,8 @@ def run_ref2v(
 
 
 class _TaskGone(Exception):
-    """A recorded task's video can no longer be had: the provider does not know the task (404),
-    or, when fetching a saved video again, its output has expired."""
+    """A recorded task's video can no longer be had: the API itself answered that it does not
+    know the task (its own 404 JSON answer; a page from a proxy or the video host never counts)."""
 
     def __init__(self, note: str = ""):
         super().__init__(note)
@@ -401,11 +401,17 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
         try:
             info = client.download(url, dest, max_bytes=settings.max_download_bytes, task_id=pred.id)
         except OutputExpiredError as e:
+            # A 401/403/404/410 from the video host (a CDN, a proxy) is not the provider's word
+            # that the output is gone: the task stays resumable (status completed) and nothing
+            # is submitted in this run. Only the API's own answer may end a task.
+            err = OutputExpiredError(
+                f"{e} The task is done and paid for; it is kept so that running the job again "
+                "later retries the download (not billed again). If the provider no longer keeps "
+                f"the video (about 7 days), `python -m hunyuancustom jobs abandon {pred.id}` or "
+                "'force new' submits a new task (billed again).", status=e.status, task_id=pred.id)
             if job is not None:
-                job.note(release=True, status=EXPIRED, error=str(e))
-                if job.refetch:
-                    raise _TaskGone(_paying_again(job, "its output has expired")) from None
-            raise
+                job.note(release=True, error=str(err))
+            raise err from None
     if job is not None:
         # The video is on disk: a failing journal write must not cost it (it only warns). What it
         # is (size, sha256) is recorded, so a file put there later is never served as this task.
