@@ -181,6 +181,24 @@ def fingerprint(model_id: str, body: dict[str, Any], image_ref: str) -> tuple[st
     return digest, request
 
 
+def storable(value: Any) -> Any:
+    """`value` with every lone UTF-16 surrogate (what a JSON escape such as "\\ud800" in a
+    provider's answer decodes to) written out as its escape text, in strings nested in dicts and
+    lists too: SQLite stores UTF-8, which has no form for them, and a paid task's record must
+    never fail on the provider's text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
+
+
 # --- rows -----------------------------------------------------------------------------------------
 
 
@@ -472,7 +490,7 @@ class Journal:
 
     def _write(self, doing: str, sql: str, args: tuple = ()) -> None:
         with self._guard(doing), self._tx() as c:
-            c.execute(sql, args)
+            c.execute(sql, tuple(map(storable, args)))
 
     def _owner(self, now: float) -> tuple:
         return (_HOST, os.getpid(), _PROCESS_TOKEN, now)
@@ -593,13 +611,13 @@ class Journal:
         """Set columns of row `row_id` if it also meets `where`; whether it did."""
         cols = ", ".join(f"{k} = ?" for k in values)
         cur = c.execute(f"UPDATE jobs SET {cols}, updated_at = ? WHERE id = ?{where}",  # noqa: S608 (our names)
-                        (*values.values(), now, row_id, *where_args))
+                        (*map(storable, values.values()), now, row_id, *where_args))
         return cur.rowcount > 0
 
     @staticmethod
     def _values(values: dict[str, Any], release: bool, now: float) -> dict[str, Any]:
         if "info" in values and isinstance(values["info"], dict):
-            values["info"] = canonical_json(values["info"])
+            values["info"] = canonical_json(storable(values["info"]))
         if release:
             values.update(_NO_OWNER)
         elif values.get("status") in (*PENDING, SUBMITTING, UPLOADING):
