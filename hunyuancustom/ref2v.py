@@ -111,6 +111,11 @@ class Ref2VResult:
                 "fps": self.fps, **self.extra}
 
 
+# How long a job keeps trying to write a submit's task id into a journal that refuses it (its
+# write lock held by another program, a disk full for a moment) before it goes on with the id
+# kept in memory and in its task-id slot. Module attribute: tests shorten it.
+TASK_ID_RETRY_S = 30.0
+
 # Typical time the provider takes for one 720p ref2v task; only shapes the estimated progress bar.
 EXPECTED_TASK_S = 150.0
 
@@ -247,8 +252,9 @@ def _decide(journal: Journal, fp: str, model: CloudModel, request: str, image_re
 
 def _uncertain_message(row: JobRow, journal: Journal) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.updated_at))
-    return (f"An earlier submit of this same request (journal job {row.id}, {when}) may or may not "
-            f"have created a task: {row.error or 'its answer was lost'} To avoid paying twice it was "
+    task = f", task {row.task_id}" if row.task_id else ""
+    return (f"An earlier submit of this same request (journal job {row.id}{task}, {when}) may or "
+            f"may not have created a task: {row.error or 'its answer was lost'} To avoid paying twice it was "
             "not submitted again. Check your WaveSpeedAI dashboard; to submit anyway, turn on "
             f"'force new' (CLI: --force-new). Journal: {journal.path}")
 
@@ -266,6 +272,9 @@ class _Job:
         self.held = True
         self.submitted = resumed  # from the SUBMITTING write on, the task may exist
         self.warnings: list[str] = []
+        # Values the journal refused (the submit's task id): written with the next write that
+        # succeeds, so the id reaches the row as soon as the journal takes writes again.
+        self.unsaved: dict[str, Any] = {}
         self._beat = time.monotonic()
         self._status = row.status
 
@@ -279,16 +288,46 @@ class _Job:
         self._warn(f"Journal job {self.row.id} was taken over by another process; this run's "
                    "result is not recorded there.")
 
-    def note(self, release: bool = False, **values: Any) -> None:
+    def note(self, release: bool = False, **values: Any) -> bool:
+        """Write `values` (and whatever the journal refused before) to the row; whether it did."""
         try:
             if not self.held:
-                return
-            if not self.journal.update_owned(self.row.id, release=release, **values):
+                return False
+            if not self.journal.update_owned(self.row.id, release=release,
+                                             **{**self.unsaved, **values}):
                 self._lost()
-            elif release:
+                return False
+            if self.unsaved:
+                self.unsaved = {}
+                self.journal.clear_task_slot(self.row.id)
+            if release:
                 self.held = False
+            return True
         except JournalError as e:
             self._warn(str(e))
+            return False
+
+    def record_task(self, pred: Prediction) -> None:
+        """Record a submit's task id before anything else happens: in the task-id slot reserved
+        before the submit (no new disk space needed), then in the row, retrying for a while a
+        journal that is locked or full; failing that, it goes with the next write that succeeds,
+        and the slot gives it to the next run."""
+        now = time.time()
+        values = {"status": pred.status if pred.status in PENDING else "created",
+                  "task_id": pred.id, "submitted_at": now, "info": pred.info()}
+        slotted = self.journal.fill_task_slot(self.row.id, pred.id, now)
+        self.unsaved = dict(values)
+        give_up = time.monotonic() + TASK_ID_RETRY_S
+        while not self.note():
+            if not self.held or time.monotonic() >= give_up:
+                where = (f"it is kept in {self.journal.task_slot_path(self.row.id)} and recorded by "
+                         "the next run" if slotted else "it is recorded as soon as the journal "
+                         "takes writes again")
+                self._warn(f"Task {pred.id} (journal job {self.row.id}) could not be recorded in "
+                           f"the job journal; {where}. Running the job again resumes this task "
+                           "(not billed again).")
+                return
+            time.sleep(0.2)
 
     def pending(self, pred: Prediction) -> None:
         """Record a poll answer: on a status change, and as a heartbeat now and then."""
@@ -523,13 +562,16 @@ def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageI
         # one dead) must not submit, or both would pay.
         if job is not None:
             job.submitted = True
+            job.journal.reserve_task_slot(job.row.id)
             if not job.journal.update_owned(job.row.id, expect_status=UPLOADING, status=SUBMITTING,
                                             api_base=client.api_base):
                 job.held = False
                 raise _ClaimLost()
     except BaseException:
-        if job is not None and job.held:  # nothing reached the provider: the row would mislead
-            _forget(job)
+        if job is not None:
+            job.journal.clear_task_slot(job.row.id)
+            if job.held:  # nothing reached the provider: the row would mislead
+                _forget(job)
         raise
 
     # 3. Submit exactly once.
@@ -542,8 +584,7 @@ def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageI
             raise
         raise err from e
     if job is not None:
-        job.note(status=pred.status if pred.status in PENDING else "created", task_id=pred.id,
-                 submitted_at=time.time(), info=pred.info())
+        job.record_task(pred)
     return pred
 
 
@@ -568,6 +609,7 @@ def _submit_failed(client: WaveSpeedClient, job: _Job | None, reporter: Reporter
         status, error = UNCERTAIN, str(e)
     if job is not None:
         job.note(release=True, status=status, error=error)
+        job.journal.clear_task_slot(job.row.id)  # no answer, no id to keep
     return e
 
 
@@ -583,6 +625,7 @@ def _forget(job: _Job | None) -> None:
     """Drop the row of a job that reached no provider: it would only block or mislead."""
     if job is None:
         return
+    job.journal.clear_task_slot(job.row.id)
     try:
         job.journal.delete_owned(job.row.id)  # never a row another process took over
         job.held = False

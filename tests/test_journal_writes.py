@@ -8,13 +8,17 @@ real second connection, the full disk is SQLite refusing every write.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from conftest import TEST_KEY
+from conftest import TEST_KEY, RecordingReporter
+from hunyuancustom import ref2v
 from hunyuancustom.client import ClientOptions, PollSchedule
 from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import TaskFailedError
-from hunyuancustom.journal import Journal, file_identity
+from hunyuancustom.journal import Journal, default_path, file_identity
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
@@ -72,3 +76,95 @@ def test_a_failure_reason_with_a_lone_surrogate_is_recorded(api, image, tmp_path
         run(api, image, tmp_path / "a.mp4", journal)
     row = journal.get(api.task_ids()[0])
     assert row.status == "failed" and "GPU fault \\ud800" in row.error
+
+
+# --- item 2: the task id is never lost ---------------------------------------------------------------
+
+HOLD_LOCK = ("import sqlite3, sys, time\n"
+             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+             "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
+             "time.sleep(float(sys.argv[2])); c.execute('COMMIT')")
+
+
+def task_in_row_at_first_status(api, journal_path):
+    """A reporter that, at the first status line after the submit ("Queued · 0 s · task X"),
+    reads through its own connection what the journal holds for task X."""
+    seen = {}
+
+    class Reporter(RecordingReporter):
+        def status(self, text):
+            super().status(text)
+            if " · task " in text and "row" not in seen:
+                task = text.rsplit(" · task ", 1)[1]
+                with Journal(journal_path) as other:
+                    seen["row"] = other.get(task)
+    return Reporter(), seen
+
+
+def test_the_task_id_reaches_the_journal_while_another_program_holds_its_lock(api, image, tmp_path,
+                                                                              isolated_config):
+    path = default_path()
+    holder = []
+    reporter, seen = task_in_row_at_first_status(api, path)
+    inner = reporter.status
+
+    def status(text):
+        if text == "Submitting task":  # the SUBMITTING row is written: lock the journal now
+            proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), "1.5"],
+                                    stdout=subprocess.PIPE, text=True)
+            assert proc.stdout.readline().strip() == "locked"
+            holder.append(proc)
+        inner(text)
+    reporter.status = status
+    # The journal waits 0.3 s for its lock, the other program holds it for 1.5 s.
+    with Journal(path, busy_timeout_s=0.3) as journal:
+        result = run(api, image, tmp_path / "a.mp4", journal, reporter=reporter)
+    holder[0].wait(30)
+    task = result.prediction.id
+    assert seen["row"] is not None and seen["row"].task_id == task  # before the first poll
+    with Journal(path) as journal:
+        assert journal.get(task).status == "downloaded"
+    assert not list(path.parent.glob("*.task-*"))  # the slot is gone once the row has the id
+
+
+def test_a_journal_full_for_the_whole_run_still_delivers_and_the_rerun_pays_nothing(
+        api, image, tmp_path, isolated_config, monkeypatch):
+    monkeypatch.setattr(ref2v, "TASK_ID_RETRY_S", 0.5)
+    journal = Journal.open_default()
+
+    def refuse_writes_from_the_submit_on(text):
+        if text == "Submitting task":
+            journal._conn.execute("PRAGMA query_only = 1")  # every later write fails
+        return False
+
+    result = run(api, image, tmp_path / "a.mp4", journal,
+                 reporter=RecordingReporter(cancel_when=refuse_writes_from_the_submit_on))
+    task = result.prediction.id
+    assert is_video_of(api, tmp_path / "a.mp4", task)  # the paid video is saved ...
+    assert "could not" in result.extra["journal_warning"]  # ... with a warning
+    journal.close()  # the disk is freed; the next run opens the journal anew
+    with Journal.open_default() as fresh:
+        assert fresh.get(task).id == fresh.list()[0].id  # `jobs abandon <task id>` finds it
+        again = run(api, image, tmp_path / "b.mp4", fresh)
+    assert again.prediction.id == task and again.extra["source"] == "resumed"
+    assert api.stats()["submits"] == 1 and is_video_of(api, tmp_path / "b.mp4", task)
+
+
+def test_a_row_that_never_got_its_task_id_blocks_as_uncertain(api, image, tmp_path, isolated_config,
+                                                              monkeypatch):
+    """Without the slot (e.g. removed), a row still `submitting` never leads to a blind resubmit."""
+    monkeypatch.setattr(ref2v, "TASK_ID_RETRY_S", 0.2, raising=False)
+    journal = Journal.open_default()
+
+    def refuse(text):
+        if text == "Submitting task":
+            journal._conn.execute("PRAGMA query_only = 1")
+        return False
+
+    run(api, image, tmp_path / "a.mp4", journal, reporter=RecordingReporter(cancel_when=refuse))
+    journal.close()
+    for slot in default_path().parent.glob("*.task-*"):
+        slot.unlink()
+    with Journal.open_default() as fresh, pytest.raises(ref2v.SubmitUncertainError, match="may or"):
+        run(api, image, tmp_path / "b.mp4", fresh)
+    assert api.stats()["submits"] == 1
