@@ -121,6 +121,34 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name (in bytes) the file system of `folder` allows; 255 if unknown."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):
+        return 255
+
+
+def fit_stem(stem: str, limit: int) -> str:
+    """`stem`, cut (at a whole character) to at most `limit` bytes as a file name, at least one
+    character."""
+    while len(os.fsencode(stem)) > limit and len(stem) > 1:
+        stem = stem[:-1]
+    return stem
+
+
+def check_name_length(path: str | os.PathLike, field: str) -> None:
+    """Fail now, naming `field`, if the file name of `path` is longer than its file system allows,
+    rather than after a paid task has finished."""
+    path = Path(path)
+    limit = name_max(path.parent)
+    size = len(os.fsencode(path.name))
+    if size > limit:
+        raise ValidationError(field, f"the file name {path.name[:60]!r}... is {size} bytes long; "
+                                     f"this file system allows at most {limit}. Choose a shorter "
+                                     "name.")
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block ends normally the file written there
@@ -129,7 +157,12 @@ def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | Non
     is written (the key file is 0600 from its first moment); by default 0666 less the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{_writer_tag()}.", suffix=suffix, dir=path.parent)
+    tag = _writer_tag()
+    # The hidden name must fit the file system's limit too (a legal 250-byte name plus the
+    # writer's tag would not): its stem part is cut; the target's own name is kept whole.
+    room = name_max(path.parent) - len(os.fsencode(f"..{tag}.{suffix}")) - 8  # 8: mkstemp's part
+    stem = fit_stem(path.stem, room)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.{tag}.", suffix=suffix, dir=path.parent)
     if mode is None:  # mkstemp makes 0600; a video is an ordinary output, as open() would make it
         mode = 0o666 & ~_umask()
     try:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import torch
 
 from . import journal as journal_module
-from .atomic import check_writable_dir, replacing
+from .atomic import check_name_length, check_writable_dir, fit_stem, name_max, replacing
 from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings, same_server
 from .errors import (
@@ -166,6 +166,7 @@ def run_ref2v(
     # 1. Every check that needs no network, in the order a user would fix them.
     body = validate_request(model, {**params, "image": image.url or "https://placeholder.invalid/"})
     check_writable_dir(dest.parent, "output")
+    check_name_length(dest, "output")
     settings = settings or load_settings()
     if journal is None:
         api_key = api_key or load_api_key()
@@ -529,7 +530,9 @@ def free_destination(journal: Journal, dest: Path, own_row: int, reporter: Repor
             return dest
     n = 2
     while True:
-        candidate = dest.with_name(f"{dest.stem}-{n}{dest.suffix}")
+        # A name at the file system's limit leaves no room for "-2": its stem is cut to fit.
+        stem = fit_stem(dest.stem, name_max(dest.parent) - len(f"-{n}{dest.suffix}".encode()))
+        candidate = dest.with_name(f"{stem}-{n}{dest.suffix}")
         if not candidate.exists():
             break
         try:
