@@ -14,7 +14,8 @@ gave one). The seed is part of it, so `seed = -1` rows identify "this request, r
 
 Several processes may share the file (two ComfyUIs, the CLI): every read-decide-write is one
 `BEGIN IMMEDIATE` transaction, so SQLite lets one writer in at a time. A row being worked on is
-claimed by its process (pid, host and a per-process token). On this machine a claim stands exactly
+claimed by its process (pid, host and a per-process token; the host includes the boot and the pid
+namespace, so "this machine" means "this process table"). On this machine a claim stands exactly
 as long as its process lives, however long an upload or a Retry-After wait keeps it from refreshing
 the heartbeat; a claim of another machine stands until it has not been refreshed for
 `STALE_CLAIM_S`. A job writes its row only while it still holds the claim (`update_owned`), so a
@@ -30,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import sqlite3
 import stat
 import sys
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
+from .atomic import host_identity
 from .config import data_dir
 from .errors import ConfigError
 
@@ -88,7 +89,10 @@ _PROCESS_TOKEN = uuid.uuid4().hex + _start_mark()
 # The rows this process holds, by (journal file, row id). For its own claims the process knows the
 # truth, whatever a failed release write left in the file.
 _HELD: set[tuple[str, int]] = set()
-_HOST = socket.gethostname()
+# Where a claim's pid means something: host name, boot and pid namespace (atomic.host_identity).
+# A claim made under another pid namespace (another container sharing the host name and the
+# folder) is judged like another machine's: by its heartbeat, never by a pid that is not ours.
+_HOST = host_identity()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
