@@ -319,16 +319,25 @@ class _Job:
         slotted = self.journal.fill_task_slot(self.row.id, pred.id, now)
         self.unsaved = dict(values)
         give_up = time.monotonic() + TASK_ID_RETRY_S
-        while not self.note():
-            if not self.held or time.monotonic() >= give_up:
-                where = (f"it is kept in {self.journal.task_slot_path(self.row.id)} and recorded by "
-                         "the next run" if slotted else "it is recorded as soon as the journal "
+        while True:
+            try:
+                if not self.journal.update_owned(self.row.id, **values):
+                    self._lost()  # taken over: the slot still tells the next run the id
+                    return
+            except JournalError as e:  # locked by another program, or a full disk: retried
+                if time.monotonic() < give_up:
+                    time.sleep(0.2)
+                    continue
+                where = (f"it is kept in {self.journal.task_slot_path(self.row.id)} and recorded "
+                         "by the next run" if slotted else "it is recorded as soon as the journal "
                          "takes writes again")
                 self._warn(f"Task {pred.id} (journal job {self.row.id}) could not be recorded in "
-                           f"the job journal; {where}. Running the job again resumes this task "
-                           "(not billed again).")
+                           f"the job journal ({e}); {where}. Running the job again resumes this "
+                           "task (not billed again).")
                 return
-            time.sleep(0.2)
+            self.unsaved = {}
+            self.journal.clear_task_slot(self.row.id)
+            return
 
     def pending(self, pred: Prediction) -> None:
         """Record a poll answer: on a status change, and as a heartbeat now and then."""

@@ -122,6 +122,7 @@ def test_the_task_id_reaches_the_journal_while_another_program_holds_its_lock(ap
     holder[0].wait(30)
     task = result.prediction.id
     assert seen["row"] is not None and seen["row"].task_id == task  # before the first poll
+    assert not result.extra.get("journal_warning")  # recorded after all: nothing to warn about
     with Journal(path) as journal:
         assert journal.get(task).status == "downloaded"
     assert not list(path.parent.glob("*.task-*"))  # the slot is gone once the row has the id
