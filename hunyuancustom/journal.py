@@ -672,6 +672,14 @@ class Journal:
                 if fixed:
                     return "busy", row
                 continue  # seed -1: another job's random video, not ours
+            if row.status in PENDING:  # a task exists, but its id never reached the journal
+                if live:
+                    if fixed:
+                        return "busy", row
+                    continue
+                self._set(c, row.id, now, status=UNCERTAIN, **_NO_OWNER, error=(
+                    "The task was submitted, but its task id never reached the journal."))
+                return "uncertain", self._row(c, row.id)
             if row.status in (UPLOADING, SUBMITTING):
                 if live:
                     if fixed:

@@ -169,3 +169,16 @@ def test_a_row_that_never_got_its_task_id_blocks_as_uncertain(api, image, tmp_pa
     with Journal.open_default() as fresh, pytest.raises(ref2v.SubmitUncertainError, match="may or"):
         run(api, image, tmp_path / "b.mp4", fresh)
     assert api.stats()["submits"] == 1
+
+
+def test_a_pending_row_without_its_task_id_blocks_as_uncertain(api, image, tmp_path, journal):
+    """A row an older version left `processing` without the task id (its id write failed, a later
+    write went through): the task exists, so the request is not submitted again blindly."""
+    cancel = RecordingReporter(cancel_when=lambda s: s.startswith("Processing"))
+    with pytest.raises(ref2v.Interrupted):
+        run(api, image, tmp_path / "a.mp4", journal, reporter=cancel)
+    journal._conn.execute("UPDATE jobs SET task_id = NULL")
+    assert journal.list()[0].status == "processing"
+    with pytest.raises(ref2v.SubmitUncertainError, match="task id never reached the journal"):
+        run(api, image, tmp_path / "a.mp4", journal)
+    assert api.stats()["submits"] == 1
