@@ -69,3 +69,28 @@ def test_a_name_too_long_error_never_says_make_room(api, tmp_path):
             client.download(url, tmp_path / ("n" * 300 + ".mp4"), max_bytes=1 << 30)
     assert "shorter file name" in str(err.value) and "Make room" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_another_jobs_video_at_a_name_at_the_limit_diverts_to_a_name_that_fits(tmp_path,
+                                                                               isolated_config):
+    from hunyuancustom.client import ClientOptions, PollSchedule
+    from hunyuancustom.config import Settings
+    from hunyuancustom.journal import Journal
+    from hunyuancustom.params import REF2V_720P
+    from hunyuancustom.ref2v import ImageInput, run_ref2v
+    from hunyuancustom.testing.media import make_test_image, png_bytes
+
+    image = ImageInput(png=png_bytes(make_test_image(None, 32, 32)))
+    out = tmp_path / ("n" * (name_max(tmp_path) - 4) + ".mp4")  # at the very limit
+    opts = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
+    with FakeWaveSpeed(Scenario(processing_polls=0, distinct_videos=True)) as server, \
+            Journal.open_default() as journal:
+        def run(prompt):
+            return run_ref2v(REF2V_720P, image, {"prompt": prompt, "seed": 1}, out,
+                             settings=Settings(api_base=server.base_url, timeout_s=60.0),
+                             api_key=ApiKey(TEST_KEY, "t"), options=opts, journal=journal,
+                             decode=False)
+        a, b = run("first"), run("second")
+    assert a.video_path == out and b.video_path != out
+    assert b.video_path.name.endswith("-2.mp4") and len(os.fsencode(b.video_path.name)) <= name_max(tmp_path)
+    assert probe(out).frames != probe(b.video_path).frames  # each its own task's video
