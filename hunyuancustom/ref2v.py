@@ -453,11 +453,15 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
             # A 401/403/404/410 from the video host (a CDN, a proxy) is not the provider's word
             # that the output is gone: the task stays resumable (status completed) and nothing
             # is submitted in this run. Only the API's own answer may end a task.
-            err = OutputExpiredError(
-                f"{e} The task is done and paid for; it is kept so that running the job again "
-                "later retries the download (not billed again). If the provider no longer keeps "
-                f"the video (about 7 days), `python -m hunyuancustom jobs abandon {pred.id}` or "
-                "'force new' submits a new task (billed again).", status=e.status, task_id=pred.id)
+            if job is not None:
+                advice = ("it is kept so that running the job again later retries the download "
+                          "(not billed again). If the provider no longer keeps the video (about 7 "
+                          f"days), `python -m hunyuancustom jobs abandon {pred.id}` or 'force new' "
+                          "submits a new task (billed again).")
+            else:
+                advice = f"its output URL {url[:200]} may still serve it later."
+            err = OutputExpiredError(f"{e} The task is done and paid for; {advice}",
+                                     status=e.status, task_id=pred.id)
             if job is not None:
                 job.note(release=True, error=str(err))
             raise err from None
