@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -126,6 +127,30 @@ def test_the_task_id_reaches_the_journal_while_another_program_holds_its_lock(ap
     with Journal(path) as journal:
         assert journal.get(task).status == "downloaded"
     assert not list(path.parent.glob("*.task-*"))  # the slot is gone once the row has the id
+
+
+def test_the_task_id_reaches_the_journal_after_a_moment_of_full_disk(api, image, tmp_path,
+                                                                     isolated_config):
+    path = default_path()
+    reporter, seen = task_in_row_at_first_status(api, path)
+    inner = reporter.status
+    journal = Journal(path)
+
+    def writable_again():
+        with journal._lock:
+            journal._conn.execute("PRAGMA query_only = 0")
+
+    def status(text):
+        if text == "Submitting task":  # from the submit on, writes fail for 0.6 s
+            journal._conn.execute("PRAGMA query_only = 1")
+            threading.Timer(0.6, writable_again).start()
+        inner(text)
+    reporter.status = status
+    with journal:
+        result = run(api, image, tmp_path / "a.mp4", journal, reporter=reporter)
+        assert journal.get(result.prediction.id).status == "downloaded"
+    assert seen["row"] is not None and seen["row"].task_id == result.prediction.id
+    assert not result.extra.get("journal_warning")
 
 
 def test_a_journal_full_for_the_whole_run_still_delivers_and_the_rerun_pays_nothing(
