@@ -207,3 +207,48 @@ def test_a_pending_row_without_its_task_id_blocks_as_uncertain(api, image, tmp_p
     with pytest.raises(ref2v.SubmitUncertainError, match="task id never reached the journal"):
         run(api, image, tmp_path / "a.mp4", journal)
     assert api.stats()["submits"] == 1
+
+
+def test_a_cli_killed_while_the_journal_refuses_its_task_id_resumes_that_task(api, ref, tmp_path,
+                                                                              isolated_config):
+    """A real CLI process: the submit is answered while another program holds the journal's lock,
+    the CLI is killed (kill -9) before the journal takes the id, the lock goes; the rerun resumes
+    the task from the id in its slot instead of stopping as "uncertain" or paying again."""
+    import os
+    import signal
+    import time
+
+    from test_cli import REPO, cli
+
+    api.set_scenario(submit_stall_s=60.0)  # the task is made, its answer held
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVESPEED_")}
+    env.update(PYTHONPATH=str(REPO), WAVESPEED_API_KEY=TEST_KEY)
+    args = ["ref2v", "--image", ref, "--prompt", "killed", "--seed", 3, "--api-base", api.base_url]
+    first = subprocess.Popen([sys.executable, "-m", "hunyuancustom", *map(str, args), "-o",
+                              tmp_path / "a.mp4"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    holder = None
+    try:
+        assert api.stalled.wait(60), "the submit never reached the server"
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(default_path()), "120"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "locked"
+        api.release_stalls()  # the answer arrives; the journal is locked
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+                p.read_text().strip() for p in default_path().parent.glob("*.task-*")):
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        if holder is not None:
+            holder.kill()
+            holder.wait(30)
+    [task] = api.task_ids()
+    api.set_scenario(submit_stall_s=0.0)
+    again = cli(*args, "-o", tmp_path / "b.mp4")
+    assert again.returncode == 0, again.stderr
+    assert f"Resuming task {task}" in again.stderr and api.stats()["submits"] == 1
+    assert is_video_of(api, tmp_path / "b.mp4", task)
