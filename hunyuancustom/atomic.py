@@ -155,27 +155,29 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
-            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # Windows has no such lock, and cannot delete a file held open: no fd there.
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW) if fcntl is not None else None
         except OSError:
             continue
         try:
             # A live writer holds its file's lock for as long as it writes, whatever its pid
             # means here (another container's pid namespace): such a file is never touched.
             # The lock is kept while the file is judged and removed.
-            if _try_lock(fd) is False:
+            if fd is not None and _try_lock(fd) is False:
                 continue
             gone = None
             if m is not None and m["host"] == _HOST:
                 gone = _writer_gone(int(m["pid"]), m["start"])
             if gone is None:
-                gone = now - os.fstat(fd).st_mtime > STALE_TEMP_AGE_S
+                gone = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE_S
             if gone:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:
             continue
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
     return removed
 
 
