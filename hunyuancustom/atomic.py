@@ -7,11 +7,16 @@ is removed, so neither a crash nor an interrupt leaves a half-written file under
 
 A process killed outright (kill -9, power loss) cannot remove its temporary file, so each one's name
 says who wrote it: `.<stem>.hc<pid>-<start>-<host>.<random><suffix>`, where `start` tells a reused
-pid from the writer (the process's start time, on Linux) and `host` is a hash of the host name.
+pid from the writer (the process's start time, on Linux) and `host` is a hash of the host name
+(`stem` is cut where the whole name would pass the file system's name limit).
 `remove_stale_temps` (run before each download into a folder) deletes those whose writer is gone:
-on this host a pid that is dead or now another process. Where that cannot be told (another host
-sharing the folder; Windows; a running pid on a system without start times; a name from before
-names carried a writer), only a file untouched for a day counts as stale.
+on this host a pid that is dead or now another process. A writer also holds an advisory lock
+(flock) on its file for as long as it writes, and a locked file is never deleted: a pid from
+another pid namespace (a container sharing the host name and the folder) may name a dead or an
+unrelated process here, but the lock is the kernel's, shared by every namespace. Where a writer's
+end cannot be told (another host sharing the folder; Windows; a running pid on a system without
+start times; a name from before names carried a writer), only a file untouched for a day counts as
+stale.
 """
 
 from __future__ import annotations
@@ -47,6 +52,49 @@ def _umask() -> int:
 STALE_TEMP_AGE_S = 86400.0  # a temp whose writer cannot be asked about is stale after a day untouched
 
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def _read_first_line(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
+def host_identity() -> str:
+    """Which process table a pid belongs to: the host name, and on Linux also the boot id and
+    the pid namespace. Containers sharing a host name and a folder (ComfyUI as pid 1 under
+    `docker --network host`) each have their own pids: a pid from another namespace says nothing
+    about the processes here."""
+    name = socket.gethostname()
+    boot = _read_first_line("/proc/sys/kernel/random/boot_id")[:8]
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return name if not boot else f"{name} (boot {boot})"
+    return f"{name} (boot {boot}, pid ns {ns})"
+
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; writers are told apart by pid and age only
+    fcntl = None
+
+
+def _try_lock(fd: int) -> bool | None:
+    """Take an exclusive advisory lock on an open file without waiting: True if taken, False if
+    another open file holds it (a live writer, in whatever pid namespace), None if this file
+    system or platform cannot say."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
 # mkstemp's random part: 8 characters of [a-z0-9_].
 _TEMP = re.compile(r"\.(?P<stem>.+)\.hc(?P<pid>\d+)-(?P<start>\d+)-(?P<host>[0-9a-f]{6})"
                    r"\.[a-z0-9_]{8}\..+")
@@ -102,15 +150,24 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
         if not name.startswith("."):
             continue
         m = _TEMP.fullmatch(name)
-        gone = None
-        if m is not None:
-            if m["host"] == _HOST:
-                gone = _writer_gone(int(m["pid"]), m["start"])
-        elif not _LEGACY_TEMP.fullmatch(name):
+        if m is None and not _LEGACY_TEMP.fullmatch(name):
             continue  # not this pack's
         try:
             if not entry.is_file(follow_symlinks=False):
                 continue
+            # Windows has no such lock, and cannot delete a file held open: no fd there.
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW) if fcntl is not None else None
+        except OSError:
+            continue
+        try:
+            # A live writer holds its file's lock for as long as it writes, whatever its pid
+            # means here (another container's pid namespace): such a file is never touched.
+            # The lock is kept while the file is judged and removed.
+            if fd is not None and _try_lock(fd) is False:
+                continue
+            gone = None
+            if m is not None and m["host"] == _HOST:
+                gone = _writer_gone(int(m["pid"]), m["start"])
             if gone is None:
                 gone = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE_S
             if gone:
@@ -118,7 +175,38 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
                 removed.append(Path(entry.path))
         except OSError:
             continue
+        finally:
+            if fd is not None:
+                os.close(fd)
     return removed
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name (in bytes) the file system of `folder` allows; 255 if unknown."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):
+        return 255
+
+
+def fit_stem(stem: str, limit: int) -> str:
+    """`stem`, cut (at a whole character) to at most `limit` bytes as a file name, at least one
+    character."""
+    while len(os.fsencode(stem)) > limit and len(stem) > 1:
+        stem = stem[:-1]
+    return stem
+
+
+def check_name_length(path: str | os.PathLike, field: str) -> None:
+    """Fail now, naming `field`, if the file name of `path` is longer than its file system allows,
+    rather than after a paid task has finished."""
+    path = Path(path)
+    limit = name_max(path.parent)
+    size = len(os.fsencode(path.name))
+    if size > limit:
+        raise ValidationError(field, f"the file name {path.name[:60]!r}... is {size} bytes long; "
+                                     f"this file system allows at most {limit}. Choose a shorter "
+                                     "name.")
 
 
 @contextlib.contextmanager
@@ -129,7 +217,16 @@ def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | Non
     is written (the key file is 0600 from its first moment); by default 0666 less the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{_writer_tag()}.", suffix=suffix, dir=path.parent)
+    tag = _writer_tag()
+    # The hidden name must fit the file system's limit too (a legal 250-byte name plus the
+    # writer's tag would not): its stem part is cut; the target's own name is kept whole.
+    room = name_max(path.parent) - len(os.fsencode(f"..{tag}.{suffix}")) - 8  # 8: mkstemp's part
+    stem = fit_stem(path.stem, room)
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.{tag}.", suffix=suffix, dir=path.parent)
+    # Held (open and locked) until the file is renamed or removed: `remove_stale_temps` in any
+    # process, any pid namespace, sees a live writer by its lock. Windows cannot rename an open
+    # file, and has no such lock: there the file is closed at once, as before.
+    held = fd if _try_lock(fd) is not None else None
     if mode is None:  # mkstemp makes 0600; a video is an ordinary output, as open() would make it
         mode = 0o666 & ~_umask()
     try:
@@ -138,7 +235,8 @@ def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | Non
                 os.fchmod(fd, mode)
             else:  # Windows before Python 3.13: no fchmod; chmod there sets only the read-only bit
                 os.chmod(tmp, mode)
-        os.close(fd)
+        if held is None:
+            os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -146,6 +244,8 @@ def replacing(path: str | os.PathLike, *, suffix: str = ".part", mode: int | Non
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if held is not None:
+            os.close(held)
 
 
 def check_writable_dir(folder: str | os.PathLike, field: str) -> None:

@@ -344,6 +344,12 @@ class WaveSpeedClient:
                 continue
 
             status = resp.status_code
+            if status == 200 and method == "GET":
+                # A poll's HTTP 200 carrying the envelope's own 5xx is the same transient failure
+                # as an HTTP 5xx: retried alike. (A submit keeps its own rules, in `submit`.)
+                code = _envelope_code(resp)
+                if code is not None and (code in _RETRY_STATUS or code >= 500):
+                    status = code
             if status == 429:
                 if not idempotent:
                     self.submit_in_doubt = False  # refused: nothing was created
@@ -451,7 +457,12 @@ class WaveSpeedClient:
                     raise TaskNotFoundError(f"The API at {self.api_base} does not know this task "
                                             f"({_message(resp)}).", status=404, task_id=task_id) from None
                 raise
-            return parse_prediction(payload)
+            pred = parse_prediction(payload)
+            if pred.id != task_id:  # never take another task's state (or video) for this one
+                raise MalformedResponseError(
+                    f"The API answered a poll for task {task_id} with the state of task "
+                    f"{pred.id[:100]!r}; the answer was not used.", task_id=task_id)
+            return pred
         except ApiError as e:
             if e.task_id:
                 raise

@@ -8,6 +8,7 @@ trickling in: the waiting thread gives up on time and shuts the socket under the
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Callable
 
@@ -67,10 +68,12 @@ def download_video(
                 sleep_fn(wait)
         except requests.RequestException:
             raise
-        except OSError as e:  # our side: disk full, folder removed or read-only
-            raise DownloadError(f"Could not write the video to {dest}: {e.strerror or e}. Make room or "
-                                "choose another folder, then run again: the finished output stays "
-                                "available for about 7 days.", task_id=task_id) from None
+        except OSError as e:  # our side: disk full, folder removed or read-only, name too long
+            advice = ("Choose a shorter file name" if e.errno == errno.ENAMETOOLONG
+                      else "Make room or choose another folder")
+            raise DownloadError(f"Could not write the video to {dest}: {e.strerror or e}. {advice}, "
+                                "then run again: the finished output stays available for about 7 "
+                                "days (not billed again).", task_id=task_id) from None
     raise DownloadError(f"Could not download the output after {attempts} tries "
                         f"({type(last).__name__}: {last}).", task_id=task_id)
 
@@ -104,8 +107,9 @@ def _fetch_once(session, url, dest: Path, max_bytes, reporter, cancel: CancelEve
         cancel.on_set(lambda: _shut(resp))
         if resp.status_code in _GONE:
             raise OutputExpiredError(
-                f"The output URL answered HTTP {resp.status_code}: it has expired or was removed "
-                "(the provider keeps outputs for about 7 days).", status=resp.status_code,
+                f"The video host answered HTTP {resp.status_code} for the output URL: the video "
+                "could not be fetched (it may have expired, or a proxy or the host may be blocking "
+                "it).", status=resp.status_code,
                 task_id=task_id)
         if resp.status_code >= 500:
             raise _ServerSide(f"HTTP {resp.status_code}")

@@ -14,7 +14,8 @@ gave one). The seed is part of it, so `seed = -1` rows identify "this request, r
 
 Several processes may share the file (two ComfyUIs, the CLI): every read-decide-write is one
 `BEGIN IMMEDIATE` transaction, so SQLite lets one writer in at a time. A row being worked on is
-claimed by its process (pid, host and a per-process token). On this machine a claim stands exactly
+claimed by its process (pid, host and a per-process token; the host includes the boot and the pid
+namespace, so "this machine" means "this process table"). On this machine a claim stands exactly
 as long as its process lives, however long an upload or a Retry-After wait keeps it from refreshing
 the heartbeat; a claim of another machine stands until it has not been refreshed for
 `STALE_CLAIM_S`. A job writes its row only while it still holds the claim (`update_owned`), so a
@@ -30,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import sqlite3
 import stat
 import sys
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
+from .atomic import host_identity
 from .config import data_dir
 from .errors import ConfigError
 
@@ -51,6 +52,8 @@ SCHEMA_VERSION = 3  # 2: jobs.api_base; 3: jobs.output_size, jobs.output_sha256
 # child process may shorten them.
 STALE_CLAIM_S = 300.0
 HEARTBEAT_S = 30.0  # how often a job refreshes its claim (while polling, uploading or waiting)
+# The task-id slot of a job (`reserve_task_slot`): this many bytes, taken before the submit.
+TASK_SLOT_BYTES = 512
 
 # Local statuses. A task exists at the provider from "submitting" (maybe) / "created" on.
 UPLOADING = "uploading"  # row reserved; nothing submitted yet
@@ -86,7 +89,10 @@ _PROCESS_TOKEN = uuid.uuid4().hex + _start_mark()
 # The rows this process holds, by (journal file, row id). For its own claims the process knows the
 # truth, whatever a failed release write left in the file.
 _HELD: set[tuple[str, int]] = set()
-_HOST = socket.gethostname()
+# Where a claim's pid means something: host name, boot and pid namespace (atomic.host_identity).
+# A claim made under another pid namespace (another container sharing the host name and the
+# folder) is judged like another machine's: by its heartbeat, never by a pid that is not ours.
+_HOST = host_identity()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -179,6 +185,24 @@ def fingerprint(model_id: str, body: dict[str, Any], image_ref: str) -> tuple[st
     digest = hashlib.sha256(canonical_json(
         {"model": model_id, "request": request, "image": image_ref}).encode()).hexdigest()
     return digest, request
+
+
+def storable(value: Any) -> Any:
+    """`value` with every lone UTF-16 surrogate (what a JSON escape such as "\\ud800" in a
+    provider's answer decodes to) written out as its escape text, in strings nested in dicts and
+    lists too: SQLite stores UTF-8, which has no form for them, and a paid task's record must
+    never fail on the provider's text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
 
 
 # --- rows -----------------------------------------------------------------------------------------
@@ -472,7 +496,7 @@ class Journal:
 
     def _write(self, doing: str, sql: str, args: tuple = ()) -> None:
         with self._guard(doing), self._tx() as c:
-            c.execute(sql, args)
+            c.execute(sql, tuple(map(storable, args)))
 
     def _owner(self, now: float) -> tuple:
         return (_HOST, os.getpid(), _PROCESS_TOKEN, now)
@@ -496,7 +520,9 @@ class Journal:
         """Decide, atomically across processes, whether a request is served from the cache,
         resumes a pending task, must wait, is blocked by an uncertain submit, or is new."""
         now = time.time()
+        decision = None
         with self._guard("record the job"), self._tx() as c:
+            adopted = self._adopt_task_slots(c, now)
             if not force_new:
                 found = self._find(c, fp, seed, batch, now)
                 if found is not None:
@@ -507,19 +533,105 @@ class Journal:
                                   (*self._owner(now), now, row.id))
                         _HELD.add(self._held_key(row.id))
                         row = self._row(c, row.id)
-                    return Decision(kind, row)
+                    decision = Decision(kind, row)
             else:
                 c.execute("UPDATE jobs SET status=?, updated_at=? WHERE fingerprint=? AND status=?",
                           (ABANDONED, now, fp, UNCERTAIN))
-            cur = c.execute(
-                "INSERT INTO jobs (fingerprint, model, request, image_ref, seed, status, created_at, "
-                "updated_at, batch_id, batch_index, owner_host, owner_pid, owner_token, heartbeat_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (fp, model, request, image_ref, seed, UPLOADING, now, now,
-                 batch[0] if batch else None, batch[1] if batch else None, *self._owner(now)))
-            row = self._row(c, cur.lastrowid)
-            _HELD.add(self._held_key(row.id))
-        return Decision("new", row)
+            if decision is None:
+                cur = c.execute(
+                    "INSERT INTO jobs (fingerprint, model, request, image_ref, seed, status, "
+                    "created_at, updated_at, batch_id, batch_index, owner_host, owner_pid, "
+                    "owner_token, heartbeat_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (fp, model, request, image_ref, seed, UPLOADING, now, now,
+                     batch[0] if batch else None, batch[1] if batch else None, *self._owner(now)))
+                row = self._row(c, cur.lastrowid)
+                _HELD.add(self._held_key(row.id))
+                decision = Decision("new", row)
+        for row_id in adopted:  # committed: the rows hold those ids now
+            self.clear_task_slot(row_id)
+        return decision
+
+    # --- task-id slots: a submit's task id outlives a failing journal write ---
+
+    def task_slot_path(self, row_id: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.task-{row_id}")
+
+    def reserve_task_slot(self, row_id: int) -> None:
+        """Before a submit: a small file beside the journal, its disk space taken now, into which
+        the submit's task id is written at once (`fill_task_slot`). If the journal cannot take
+        the id then (its write lock held by another program, a full disk), the id still survives,
+        and the next `acquire` (or `get`) puts it into the row."""
+        try:
+            with open(self.task_slot_path(row_id), "wb") as f:
+                f.write(b" " * TASK_SLOT_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            self.clear_task_slot(row_id)
+            raise JournalError(f"The job journal {self.path} could not record the job: "
+                               f"{e.strerror or e}. Free some space (or fix the folder's "
+                               "permissions) and run again; nothing was submitted.") from None
+
+    def fill_task_slot(self, row_id: int, task_id: str, submitted_at: float) -> bool:
+        """Write a submit's task id into its reserved slot, over the space taken before the
+        submit (no new space is needed); whether it was written."""
+        data = json.dumps({"task_id": storable(task_id), "submitted_at": submitted_at}).encode()
+        try:
+            fd = os.open(self.task_slot_path(row_id), os.O_WRONLY)  # no O_TRUNC: overwritten in place
+            try:
+                if len(data) > TASK_SLOT_BYTES:  # a hostile length: needs space after all
+                    os.ftruncate(fd, 0)
+                os.pwrite(fd, data.ljust(TASK_SLOT_BYTES), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            return False
+        return True
+
+    def clear_task_slot(self, row_id: int) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.task_slot_path(row_id))
+
+    def _task_slots(self) -> list[tuple[int, str, float | None]]:
+        """(row id, task id, submitted_at) of every filled slot beside this journal."""
+        found = []
+        try:
+            entries = list(os.scandir(self.path.parent))
+        except OSError:
+            return found
+        prefix = self.path.name + ".task-"
+        for entry in entries:
+            rest = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
+            if not rest.isdigit():
+                continue
+            try:
+                with open(entry.path, encoding="utf-8", errors="replace") as f:
+                    text = f.read(1 << 16).strip()
+                record = json.loads(text) if text else None
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and isinstance(record.get("task_id"), str) \
+                    and record["task_id"]:
+                at = record.get("submitted_at")
+                found.append((int(rest), record["task_id"],
+                              at if isinstance(at, (int, float)) else None))
+        return found
+
+    def _adopt_task_slots(self, c: sqlite3.Connection, now: float) -> list[int]:
+        """Put the task id of every filled slot into its row, if the row has none; a row that was
+        `submitting` or `uncertain` is then a pending task again (resumed, not paid again).
+        Returns the rows whose slot may go once this transaction is committed."""
+        done = []
+        for row_id, task_id, submitted_at in self._task_slots():
+            r = c.execute("SELECT status, task_id FROM jobs WHERE id = ?", (row_id,)).fetchone()
+            if r is not None and r["task_id"] is None:
+                values: dict[str, Any] = {"task_id": task_id, "submitted_at": submitted_at}
+                if r["status"] in (SUBMITTING, UNCERTAIN):
+                    values.update(status="created", error=None)
+                self._set(c, row_id, now, **values)
+            done.append(row_id)
+        return done
 
     def _held_key(self, row_id: int) -> tuple[str, int]:
         return (str(self.path.resolve()), row_id)
@@ -560,6 +672,14 @@ class Journal:
                 if fixed:
                     return "busy", row
                 continue  # seed -1: another job's random video, not ours
+            if row.status in PENDING:  # a task exists, but its id never reached the journal
+                if live:
+                    if fixed:
+                        return "busy", row
+                    continue
+                self._set(c, row.id, now, status=UNCERTAIN, **_NO_OWNER, error=(
+                    "The task was submitted, but its task id never reached the journal."))
+                return "uncertain", self._row(c, row.id)
             if row.status in (UPLOADING, SUBMITTING):
                 if live:
                     if fixed:
@@ -593,13 +713,13 @@ class Journal:
         """Set columns of row `row_id` if it also meets `where`; whether it did."""
         cols = ", ".join(f"{k} = ?" for k in values)
         cur = c.execute(f"UPDATE jobs SET {cols}, updated_at = ? WHERE id = ?{where}",  # noqa: S608 (our names)
-                        (*values.values(), now, row_id, *where_args))
+                        (*map(storable, values.values()), now, row_id, *where_args))
         return cur.rowcount > 0
 
     @staticmethod
     def _values(values: dict[str, Any], release: bool, now: float) -> dict[str, Any]:
         if "info" in values and isinstance(values["info"], dict):
-            values["info"] = canonical_json(values["info"])
+            values["info"] = canonical_json(storable(values["info"]))
         if release:
             values.update(_NO_OWNER)
         elif values.get("status") in (*PENDING, SUBMITTING, UPLOADING):
@@ -696,7 +816,16 @@ class Journal:
     # --- reading ---
 
     def get(self, ref: str | int) -> JobRow | None:
-        """A row by journal id or by task id."""
+        """A row by journal id or by task id (also one only a task-id slot knows yet)."""
+        if any(task_id == str(ref) for _, task_id, _ in self._task_slots()):
+            now = time.time()
+            try:
+                with self._guard("record the task id"), self._tx() as c:
+                    adopted = self._adopt_task_slots(c, now)
+                for row_id in adopted:
+                    self.clear_task_slot(row_id)
+            except JournalError:
+                pass  # read only: the row is shown as it is
         with self._guard("be read"), self._lock:
             r = None
             if isinstance(ref, int) or str(ref).isdigit():

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import torch
 
 from . import journal as journal_module
-from .atomic import check_writable_dir, replacing
+from .atomic import check_name_length, check_writable_dir, fit_stem, name_max, replacing
 from .client import ClientOptions, WaveSpeedClient
 from .config import ApiKey, Settings, load_api_key, load_settings, same_server
 from .errors import (
@@ -111,6 +111,11 @@ class Ref2VResult:
                 "fps": self.fps, **self.extra}
 
 
+# How long a job keeps trying to write a submit's task id into a journal that refuses it (its
+# write lock held by another program, a disk full for a moment) before it goes on with the id
+# kept in memory and in its task-id slot. Module attribute: tests shorten it.
+TASK_ID_RETRY_S = 30.0
+
 # Typical time the provider takes for one 720p ref2v task; only shapes the estimated progress bar.
 EXPECTED_TASK_S = 150.0
 
@@ -161,6 +166,7 @@ def run_ref2v(
     # 1. Every check that needs no network, in the order a user would fix them.
     body = validate_request(model, {**params, "image": image.url or "https://placeholder.invalid/"})
     check_writable_dir(dest.parent, "output")
+    check_name_length(dest, "output")
     settings = settings or load_settings()
     if journal is None:
         api_key = api_key or load_api_key()
@@ -210,8 +216,8 @@ def run_ref2v(
 
 
 class _TaskGone(Exception):
-    """A recorded task's video can no longer be had: the provider does not know the task (404),
-    or, when fetching a saved video again, its output has expired."""
+    """A recorded task's video can no longer be had: the API itself answered that it does not
+    know the task (its own 404 JSON answer; a page from a proxy or the video host never counts)."""
 
     def __init__(self, note: str = ""):
         super().__init__(note)
@@ -247,8 +253,9 @@ def _decide(journal: Journal, fp: str, model: CloudModel, request: str, image_re
 
 def _uncertain_message(row: JobRow, journal: Journal) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.updated_at))
-    return (f"An earlier submit of this same request (journal job {row.id}, {when}) may or may not "
-            f"have created a task: {row.error or 'its answer was lost'} To avoid paying twice it was "
+    task = f", task {row.task_id}" if row.task_id else ""
+    return (f"An earlier submit of this same request (journal job {row.id}{task}, {when}) may or "
+            f"may not have created a task: {row.error or 'its answer was lost'} To avoid paying twice it was "
             "not submitted again. Check your WaveSpeedAI dashboard; to submit anyway, turn on "
             f"'force new' (CLI: --force-new). Journal: {journal.path}")
 
@@ -266,6 +273,9 @@ class _Job:
         self.held = True
         self.submitted = resumed  # from the SUBMITTING write on, the task may exist
         self.warnings: list[str] = []
+        # Values the journal refused (the submit's task id): written with the next write that
+        # succeeds, so the id reaches the row as soon as the journal takes writes again.
+        self.unsaved: dict[str, Any] = {}
         self._beat = time.monotonic()
         self._status = row.status
 
@@ -279,16 +289,55 @@ class _Job:
         self._warn(f"Journal job {self.row.id} was taken over by another process; this run's "
                    "result is not recorded there.")
 
-    def note(self, release: bool = False, **values: Any) -> None:
+    def note(self, release: bool = False, **values: Any) -> bool:
+        """Write `values` (and whatever the journal refused before) to the row; whether it did."""
         try:
             if not self.held:
-                return
-            if not self.journal.update_owned(self.row.id, release=release, **values):
+                return False
+            if not self.journal.update_owned(self.row.id, release=release,
+                                             **{**self.unsaved, **values}):
                 self._lost()
-            elif release:
+                return False
+            if self.unsaved:
+                self.unsaved = {}
+                self.journal.clear_task_slot(self.row.id)
+            if release:
                 self.held = False
+            return True
         except JournalError as e:
             self._warn(str(e))
+            return False
+
+    def record_task(self, pred: Prediction) -> None:
+        """Record a submit's task id before anything else happens: in the task-id slot reserved
+        before the submit (no new disk space needed), then in the row, retrying for a while a
+        journal that is locked or full; failing that, it goes with the next write that succeeds,
+        and the slot gives it to the next run."""
+        now = time.time()
+        values = {"status": pred.status if pred.status in PENDING else "created",
+                  "task_id": pred.id, "submitted_at": now, "info": pred.info()}
+        slotted = self.journal.fill_task_slot(self.row.id, pred.id, now)
+        self.unsaved = dict(values)
+        give_up = time.monotonic() + TASK_ID_RETRY_S
+        while True:
+            try:
+                if not self.journal.update_owned(self.row.id, **values):
+                    self._lost()  # taken over: the slot still tells the next run the id
+                    return
+            except JournalError as e:  # locked by another program, or a full disk: retried
+                if time.monotonic() < give_up:
+                    time.sleep(0.2)
+                    continue
+                where = (f"it is kept in {self.journal.task_slot_path(self.row.id)} and recorded "
+                         "by the next run" if slotted else "it is recorded as soon as the journal "
+                         "takes writes again")
+                self._warn(f"Task {pred.id} (journal job {self.row.id}) could not be recorded in "
+                           f"the job journal ({e}); {where}. Running the job again resumes this "
+                           "task (not billed again).")
+                return
+            self.unsaved = {}
+            self.journal.clear_task_slot(self.row.id)
+            return
 
     def pending(self, pred: Prediction) -> None:
         """Record a poll answer: on a status change, and as a heartbeat now and then."""
@@ -401,11 +450,21 @@ def _run(model: CloudModel, image: ImageInput, body: dict[str, Any], dest: Path,
         try:
             info = client.download(url, dest, max_bytes=settings.max_download_bytes, task_id=pred.id)
         except OutputExpiredError as e:
+            # A 401/403/404/410 from the video host (a CDN, a proxy) is not the provider's word
+            # that the output is gone: the task stays resumable (status completed) and nothing
+            # is submitted in this run. Only the API's own answer may end a task.
             if job is not None:
-                job.note(release=True, status=EXPIRED, error=str(e))
-                if job.refetch:
-                    raise _TaskGone(_paying_again(job, "its output has expired")) from None
-            raise
+                advice = ("it is kept so that running the job again later retries the download "
+                          "(not billed again). If the provider no longer keeps the video (about 7 "
+                          f"days), `python -m hunyuancustom jobs abandon {pred.id}` or 'force new' "
+                          "submits a new task (billed again).")
+            else:
+                advice = f"its output URL {url[:200]} may still serve it later."
+            err = OutputExpiredError(f"{e} The task is done and paid for; {advice}",
+                                     status=e.status, task_id=pred.id)
+            if job is not None:
+                job.note(release=True, error=str(err))
+            raise err from None
     if job is not None:
         # The video is on disk: a failing journal write must not cost it (it only warns). What it
         # is (size, sha256) is recorded, so a file put there later is never served as this task.
@@ -484,7 +543,9 @@ def free_destination(journal: Journal, dest: Path, own_row: int, reporter: Repor
             return dest
     n = 2
     while True:
-        candidate = dest.with_name(f"{dest.stem}-{n}{dest.suffix}")
+        # A name at the file system's limit leaves no room for "-2": its stem is cut to fit.
+        stem = fit_stem(dest.stem, name_max(dest.parent) - len(f"-{n}{dest.suffix}".encode()))
+        candidate = dest.with_name(f"{stem}-{n}{dest.suffix}")
         if not candidate.exists():
             break
         try:
@@ -517,13 +578,16 @@ def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageI
         # one dead) must not submit, or both would pay.
         if job is not None:
             job.submitted = True
+            job.journal.reserve_task_slot(job.row.id)
             if not job.journal.update_owned(job.row.id, expect_status=UPLOADING, status=SUBMITTING,
                                             api_base=client.api_base):
                 job.held = False
                 raise _ClaimLost()
     except BaseException:
-        if job is not None and job.held:  # nothing reached the provider: the row would mislead
-            _forget(job)
+        if job is not None:
+            job.journal.clear_task_slot(job.row.id)
+            if job.held:  # nothing reached the provider: the row would mislead
+                _forget(job)
         raise
 
     # 3. Submit exactly once.
@@ -536,8 +600,7 @@ def _upload_and_submit(client: WaveSpeedClient, model: CloudModel, image: ImageI
             raise
         raise err from e
     if job is not None:
-        job.note(status=pred.status if pred.status in PENDING else "created", task_id=pred.id,
-                 submitted_at=time.time(), info=pred.info())
+        job.record_task(pred)
     return pred
 
 
@@ -562,6 +625,7 @@ def _submit_failed(client: WaveSpeedClient, job: _Job | None, reporter: Reporter
         status, error = UNCERTAIN, str(e)
     if job is not None:
         job.note(release=True, status=status, error=error)
+        job.journal.clear_task_slot(job.row.id)  # no answer, no id to keep
     return e
 
 
@@ -577,6 +641,7 @@ def _forget(job: _Job | None) -> None:
     """Drop the row of a job that reached no provider: it would only block or mislead."""
     if job is None:
         return
+    job.journal.clear_task_slot(job.row.id)
     try:
         job.journal.delete_owned(job.row.id)  # never a row another process took over
         job.held = False

@@ -101,14 +101,14 @@ def test_which_temp_files_count_as_stale(tmp_path, monkeypatch):
         aged(mine, 3 * DAY)
         remove_stale_temps(tmp_path)
         assert mine.exists()
-    # The same pid with another start token: the pid was reused, the writer is gone.
+    # The same pid with another start token, and no writer holding the file's lock: the pid was
+    # reused, the writer is gone. (Made by hand: a `replacing` block of this process would hold
+    # the lock, and a held lock always means a live writer.)
     monkeypatch.setattr(atomic, "_start_token", lambda pid: "1")
-    with replacing(tmp_path / "reused.mp4") as reused:
-        reused.write_bytes(b"half")
-        monkeypatch.setattr(atomic, "_start_token", lambda pid: "2")
-        removed = remove_stale_temps(tmp_path)
-        assert removed == [reused] and not reused.exists()
-        reused.write_bytes(b"")  # so that the block can end normally
+    reused = tmp_path / f".reused.{atomic._writer_tag()}.abcd1234.part"
+    reused.write_bytes(b"half")
+    monkeypatch.setattr(atomic, "_start_token", lambda pid: "2")
+    assert remove_stale_temps(tmp_path) == [reused] and not reused.exists()
     monkeypatch.undo()
     # Another host's temp (a shared folder): the pid means nothing here, so only age counts.
     other = atomic._writer_tag().rsplit("-", 1)[0] + "-000000"
@@ -126,7 +126,7 @@ def test_which_temp_files_count_as_stale(tmp_path, monkeypatch):
         aged(p, 2 * DAY)
     assert sorted(remove_stale_temps(tmp_path)) == sorted([old_other, old_legacy])
     left = {p.name for p in tmp_path.iterdir()}
-    assert left == {"mine.mp4", "reused.mp4", fresh_other.name, fresh_legacy.name, *(p.name for p in foreign)}
+    assert left == {"mine.mp4", fresh_other.name, fresh_legacy.name, *(p.name for p in foreign)}
 
 
 def test_a_dead_writers_temp_on_this_host_is_stale_at_once(tmp_path):

@@ -127,6 +127,10 @@ class Scenario:
     # Ends early (and cuts) on `release_stalls()` or when the server stops.
     output_trickle_s: float = 0.0
     output_trickle_interval_s: float = 0.05
+    # Hostile: these fields replace (or add to) those of `data` in every answer about a task, the
+    # submit's and the polls' (e.g. {"created_at": "\ud800"}: a lone surrogate, sent as its
+    # JSON escape).
+    task_fields: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Scenario:
@@ -458,7 +462,7 @@ class FakeWaveSpeed:
             outputs = [plan.output_url]
         if status == "completed" and plan.inference_value is not None:  # ... and inference_value
             inference_ms = plan.inference_value
-        return {
+        return {**{
             "id": task.id,
             "model": task.model,
             "outputs": outputs,
@@ -468,7 +472,7 @@ class FakeWaveSpeed:
             "created_at": task.created_at,
             "error": plan.fail_error if status == "failed" else "",
             "timings": {"inference": inference_ms},
-        }
+        }, **plan.task_fields}
 
     def _store_upload(self, filename: str, ctype: str, data: bytes) -> dict[str, Any]:
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", filename)[-80:] or "upload.bin"
