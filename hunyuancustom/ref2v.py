@@ -201,10 +201,9 @@ def run_ref2v(
             return _run(model, image, body, dest, reporter, settings, api_key, decode, options, job,
                         deadline)
         except _TaskGone as gone:
-            # That task's video can no longer be had: nothing to pay twice for, decide again.
-            if gone.note:
-                reporter.status(gone.note)
-            continue
+            # That task's video can no longer be had. A new task would be billed again: never
+            # within this run, only when the user runs the job again (the row is expired now).
+            raise TaskNotFoundError(gone.note, task_id=job.row.task_id) from None
         except _ClaimLost:
             # Another process took this job over before our submit (and we did not submit):
             # its task serves this request, or the journal says what to do next.
@@ -219,9 +218,9 @@ class _TaskGone(Exception):
     """A recorded task's video can no longer be had: the API itself answered that it does not
     know the task (its own 404 JSON answer; a page from a proxy or the video host never counts)."""
 
-    def __init__(self, note: str = ""):
+    def __init__(self, note: str):
         super().__init__(note)
-        self.note = note  # the status line that says what happens next
+        self.note = note  # what happened and what the user can do
 
 
 class _ClaimLost(Exception):
@@ -508,13 +507,10 @@ def _resume(client: WaveSpeedClient, job: _Job, settings: Settings, reporter: Re
     except TaskNotFoundError as e:  # the API itself says so, not a proxy's 404 page
         job.note(release=True, status=EXPIRED, error=f"The provider no longer knows this task "
                  f"({e}); it cannot be resumed.")
-        raise _TaskGone(_paying_again(job, "the provider no longer knows it")
-                        if job.refetch else "") from None
-
-
-def _paying_again(job: _Job, why: str) -> str:
-    return (f"The saved video of task {job.row.task_id} is gone and {why}: submitting a new task "
-            "(billed again)")
+        what = "its saved video is gone and the provider" if job.refetch else "the provider"
+        raise _TaskGone(f"Task {task_id}: {what} no longer knows the task (its own answer), so its "
+                        "video can no longer be had. Nothing was submitted in this run. Run the job "
+                        "again to submit a new task (billed again by WaveSpeedAI).") from None
 
 
 def _identity(path: Path) -> dict[str, Any]:

@@ -312,13 +312,21 @@ def test_journal_no_key_in_it(api, image, tmp_path, fast, journal):
             assert secret.encode() not in f.read_bytes()
 
 
-def test_a_pending_task_the_provider_forgot_is_submitted_anew(api, image, tmp_path, journal):
+def test_a_pending_task_the_provider_forgot_is_submitted_anew_only_when_run_again(api, image, tmp_path,
+                                                                                   journal):
+    from hunyuancustom.errors import TaskNotFoundError
+
     lost = cancelled_mid_poll(api, image, tmp_path, journal)
     api.reset()  # the provider no longer has it (e.g. older than its retention)
-    result = run(api, image, tmp_path / "a.mp4", FAST_POLLS, journal)
+    with pytest.raises(TaskNotFoundError) as err:
+        run(api, image, tmp_path / "a.mp4", FAST_POLLS, journal)
+    msg = str(err.value)
+    assert lost in msg and "Nothing was submitted in this run" in msg and "billed again" in msg
+    assert api.stats()["submits"] == 0  # never a new payment inside the run that found it gone
+    assert journal.get(lost).status == "expired" and "no longer knows" in journal.get(lost).error
+    result = run(api, image, tmp_path / "a.mp4", FAST_POLLS, journal)  # the user runs it again
     assert result.extra["source"] == "new" and result.prediction.id != lost
     assert api.stats()["submits"] == 1
-    assert journal.get(lost).status == "expired" and "no longer knows" in journal.get(lost).error
 
 
 def test_a_404_page_that_is_not_the_api_s_answer_never_causes_a_resubmit(api, image, tmp_path,

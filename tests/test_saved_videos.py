@@ -115,18 +115,23 @@ def test_a_deleted_saved_video_is_fetched_again_from_its_task_without_a_submit(a
     assert (row.output_size, row.output_sha256) == file_identity(tmp_path / "a.mp4")
 
 
-def test_when_the_api_no_longer_knows_the_task_a_new_task_is_submitted_and_said_so(api, image,
-                                                                                    tmp_path, journal):
+def test_when_the_api_no_longer_knows_the_task_the_run_says_so_and_only_a_rerun_pays_again(
+        api, image, tmp_path, journal):
     # Only the API's own answer counts; an output URL answering 404 does not (test_provider_word).
+    from hunyuancustom.errors import TaskNotFoundError
+
     first = run(api, image, tmp_path / "a.mp4", journal)
     (tmp_path / "a.mp4").unlink()
     api.reset()  # the provider has forgotten the task
-    reporter = RecordingReporter()
-    again = run(api, image, tmp_path / "a.mp4", journal, reporter=reporter)
+    with pytest.raises(TaskNotFoundError) as err:
+        run(api, image, tmp_path / "a.mp4", journal)
+    assert first.prediction.id in str(err.value) and "Run the job again" in str(err.value)
+    assert api.stats()["submits"] == 0
+    assert journal.get(first.prediction.id).status == "expired"
+    again = run(api, image, tmp_path / "a.mp4", journal)  # the user asks again: a new, billed task
     assert again.extra["source"] == "new" and again.prediction.id != first.prediction.id
     assert is_video_of(api, tmp_path / "a.mp4", again.prediction.id)
-    assert any("submitting a new task (billed again)" in s for s in reporter.statuses), reporter.statuses
-    assert journal.get(first.prediction.id).status == "expired"
+    assert api.stats()["submits"] == 1
 
 
 # --- never overwrite another job's saved result -------------------------------------------------------
