@@ -131,3 +131,22 @@ def test_load_image_as_mask_with_its_old_widget_order_is_refused(comfy, info):
     errors = refused.value.details["node_errors"]
     assert list(errors) == [str(mask["id"])]
     assert any(e["extra_info"].get("input_name") == "channel" for e in errors[str(mask["id"])]["errors"])
+
+
+def test_a_missing_checkpoint_is_refused_when_run_is_pressed(comfy, info):
+    """Load Model (Local) with a file that is not in models/diffusion_models: /prompt answers 400
+    naming ckpt_name and where the file goes, as it does for core's own loaders, on every core
+    (0.3.64 does not check a V3 combo's value itself; the node's validate_inputs does)."""
+    wf = json.loads((EXAMPLES / "HunyuanCustom Ref2V (Local).json").read_text())
+    loader = next(n for n in wf["nodes"] if n["type"] == "HunyuanCustomLocalModelLoader")
+    loader["widgets_values"][0] = "hunyuan_video_custom_720p_fp8_scaled.safetensors"  # not downloaded
+    prompt = graph_to_prompt(wf, info, FRONTEND)
+    with pytest.raises(ComfyError) as refused:
+        comfy.submit(prompt, {"extra_pnginfo": {"workflow": wf}})
+    assert refused.value.status == 400
+    errors = refused.value.details["node_errors"]
+    assert list(errors) == [str(loader["id"])]
+    [error] = errors[str(loader["id"])]["errors"]
+    assert error["extra_info"]["input_name"] == "ckpt_name"
+    assert "hunyuan_video_custom_720p_fp8_scaled.safetensors' is not in ComfyUI/models/diffusion_models" \
+        in error["details"]
