@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 from comfy_api.latest import ComfyExtension, io
 
@@ -34,7 +35,8 @@ _routes_registered = False
 
 
 def register_routes() -> None:
-    """The key setting's HTTP routes (nodes/server_routes.py), added once to ComfyUI's server."""
+    """The key setting's HTTP routes (nodes/server_routes.py) and the template pictures' route,
+    added once to ComfyUI's server."""
     global _routes_registered
     from server import PromptServer
 
@@ -43,6 +45,15 @@ def register_routes() -> None:
     from .server_routes import register
 
     register(PromptServer.instance.routes)
+    # The template browser's pictures, for cores that no longer serve them (see the module).
+    from pathlib import Path
+
+    from ..hunyuancustom import template_thumbnails
+
+    # The folder's name as ComfyUI loaded it (not resolved: a symlinked pack keeps the link's name,
+    # which is the module name the front end asks for).
+    pack_dir = Path(os.path.abspath(__file__)).parent.parent
+    template_thumbnails.add_routes(PromptServer.instance.routes, pack_dir)
     _routes_registered = True
 
 

@@ -65,6 +65,17 @@ class LocalModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, ckpt_name) -> bool | str:
+        # At /prompt, when Run is pressed: core 0.3.64 does not check a V3 combo's value against its
+        # options (0.33.0 does), so a missing file would only fail at execution. Naming ckpt_name
+        # here makes core leave this input to this check on every version: one clear error.
+        if ckpt_name in checkpoint_names():
+            return True
+        return (f"'{ckpt_name}' is not in ComfyUI/models/{FOLDER}/ (or another folder set for "
+                f"{FOLDER}); download it there, see the pack's README 'Model files and where they "
+                "go', or pick a file you have")
+
+    @classmethod
     def execute(cls, ckpt_name, fp8, weight_dtype, deepcache=True) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(FOLDER, ckpt_name)
         patcher, _ = load_model(path, fp8=fp8, weight_dtype=weight_dtype)

@@ -124,3 +124,34 @@ def write_safetensors(path: Path, sd: dict) -> Path:
 
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return path
+
+
+# Tensors Kijai's HunyuanVideo wrapper keeps in bf16 when it stores a transformer in fp8 (its loader's
+# `params_to_keep`): everything whose name contains one of these. The rest (the Linear weights of
+# the blocks, their modulations and the final layer) is float8_e4m3fn.
+KIJAI_KEEP = ("norm", "bias", "time_in", "vector_in", "guidance_in", "txt_in", "img_in")
+
+
+def write_kijai_fp8_scaled(path: Path, sd: dict, prefix: str = "", scale_input: bool = False) -> Path:
+    """A single file in the layout of `hunyuan_video_custom_720p_fp8_scaled.safetensors`
+    (Kijai/HunyuanVideo_comfy) as far as it can be inferred (see the README): the released key names
+    (what Kijai's wrapper loads) with an optional prefix, every weight but KIJAI_KEEP's in
+    float8_e4m3fn with a float32 `<module>.scale_weight` (max|w| / 448), optionally a
+    `<module>.scale_input` of 1, and the `scaled_fp8` marker of ComfyUI's scaled-fp8 files."""
+    from safetensors.torch import save_file
+
+    out = {}
+    for k, v in sd.items():
+        if k.endswith(".weight") and v.dim() == 2 and not any(s in k for s in KIJAI_KEEP):
+            module = k[: -len(".weight")]
+            w = v.float()
+            scale = w.abs().max() / torch.finfo(torch.float8_e4m3fn).max
+            out[prefix + k] = (w / scale).to(torch.float8_e4m3fn)
+            out[prefix + module + ".scale_weight"] = scale.reshape(())
+            if scale_input:
+                out[prefix + module + ".scale_input"] = torch.ones(())
+        else:
+            out[prefix + k] = v.contiguous()
+    out[SCALED_FP8_MARKER] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    save_file(out, str(path))
+    return path

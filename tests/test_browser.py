@@ -11,6 +11,7 @@ installed on first use; when that is impossible the tests skip and say why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,8 +26,8 @@ from comfyui_harness import (
     ComfyServer,
     comfyui_path,
     requires_comfyui,
-    running_comfyui,
     skip_reason,
+    stand_in_models,
 )
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
 
@@ -110,6 +111,15 @@ def _normalized(messages: list[str], url: str) -> set[str]:
     return {m.replace(f"{origin.scheme}://{origin.netloc}", "ORIGIN") for m in messages}
 
 
+@contextlib.contextmanager
+def _comfy_with_models(tmp: Path, env: dict):
+    server = ComfyServer(tmp / "comfy", env, models_config=stand_in_models(tmp))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def browser_run(tmp_path_factory):
     """Run the browser script once against a fresh ComfyUI; return (report, tmp dir)."""
@@ -119,9 +129,11 @@ def browser_run(tmp_path_factory):
     modules = _ensure_playwright()
     tmp = tmp_path_factory.mktemp("browser")
     # task_seconds: the job stays "processing" long enough for the status line to tick.
+    # Empty stand-ins for the model files the README names: the local examples then open as on a
+    # ComfyUI that has them (no missing-models dialog; tests/test_browser_models.py checks that one).
     with FakeWaveSpeed(Scenario(api_key=SECRET, task_seconds=3.0,
                                 fail_if_prompt_contains=FAIL_MARKER)) as api, \
-            running_comfyui(tmp / "comfy", {"WAVESPEED_API_BASE": api.base_url}) as comfy:
+            _comfy_with_models(tmp, {"WAVESPEED_API_BASE": api.base_url}) as comfy:
         workflows = {}
         for path in sorted((REPO / "example_workflows").iterdir()):
             if path.suffix == ".json":

@@ -2,7 +2,8 @@
 validation (COMFYUI_PATH).
 
 Each UI-format file in example_workflows/ is turned into the API prompt the front end's Run button
-sends (tests/workflow_check.graph_to_prompt, written after ComfyUI_frontend 1.27's graphToPrompt)
+sends (tests/workflow_check.graph_to_prompt, written after ComfyUI_frontend 1.27's graphToPrompt,
+with 1.49's differences for the front end this ComfyUI serves)
 and POSTed to /prompt of a ComfyUI whose input folder holds the shipped sample files and whose model
 folders hold empty stand-ins with the file names the README gives: the server checks every widget
 value (combo choices, ranges, types) and every link, so a widget value in the wrong slot (Load Image
@@ -28,7 +29,14 @@ from comfyui_harness import (
     stand_in_models,
 )
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
-from workflow_check import MODE_BYPASS, MODE_NEVER, VIRTUAL, check_ui_workflow, graph_to_prompt
+from workflow_check import (
+    MODE_BYPASS,
+    MODE_NEVER,
+    VIRTUAL,
+    check_ui_workflow,
+    graph_to_prompt,
+    installed_frontend,
+)
 
 pytestmark = requires_comfyui
 
@@ -38,6 +46,8 @@ WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
 SUBJECT_REPLACE = EXAMPLES / "HunyuanCustom Subject Replace (Local).json"
 # Nodes a run of an example reaches first: with empty model files and no key, a run must stop at
 # one of these, never in sampling or decoding.
+# The front end this ComfyUI serves (its package in this Python): 1.27 on 0.3.64, 1.49 on 0.33.0.
+FRONTEND = installed_frontend()
 FIRST_NODES = {"HunyuanCustomLocalModelLoader", "VAELoader", "DualCLIPLoader", "CLIPVisionLoader",
                "HunyuanCustomCloudRef2V720p", "HunyuanCustomCloudRef2V480p",
                "HunyuanCustomCloudBatch720p", "HunyuanCustomCloudBatch480p"}
@@ -74,7 +84,7 @@ def info(comfy):
 def submit_as_frontend(comfy, wf: dict, info: dict) -> tuple[dict, dict]:
     """(prompt, /prompt's answer) for the UI workflow, sent with the workflow in extra_data as the
     front end sends it."""
-    prompt = graph_to_prompt(wf, info)
+    prompt = graph_to_prompt(wf, info, FRONTEND)
     return prompt, comfy.submit(prompt, {"extra_pnginfo": {"workflow": wf}})
 
 
@@ -87,7 +97,7 @@ def finish(comfy, prompt_id: str) -> dict:
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_example_workflow_passes_prompt_validation(comfy, api, info, path):
     wf = json.loads(path.read_text())
-    assert check_ui_workflow(wf, info) == []
+    assert check_ui_workflow(wf, info, FRONTEND) == []
     prompt, answer = submit_as_frontend(comfy, wf, info)
     assert answer["node_errors"] == {}
     # every node the user sees runs (nothing of the examples is muted, bypassed or dropped)
@@ -112,8 +122,8 @@ def test_load_image_as_mask_with_its_old_widget_order_is_refused(comfy, info):
     assert (channel, upload) == ("red", "image"), "the fixed order: file, channel, upload button"
     broken = copy.deepcopy(wf)
     next(n for n in broken["nodes"] if n["id"] == mask["id"])["widgets_values"] = [file, upload, channel]
-    assert any("channel='image'" in p for p in check_ui_workflow(broken, info))
-    prompt = graph_to_prompt(broken, info)
+    assert any("channel='image'" in p for p in check_ui_workflow(broken, info, FRONTEND))
+    prompt = graph_to_prompt(broken, info, FRONTEND)
     assert prompt[str(mask["id"])]["inputs"]["channel"] == "image"
     with pytest.raises(ComfyError) as refused:
         comfy.submit(prompt, {"extra_pnginfo": {"workflow": broken}})
@@ -121,3 +131,22 @@ def test_load_image_as_mask_with_its_old_widget_order_is_refused(comfy, info):
     errors = refused.value.details["node_errors"]
     assert list(errors) == [str(mask["id"])]
     assert any(e["extra_info"].get("input_name") == "channel" for e in errors[str(mask["id"])]["errors"])
+
+
+def test_a_missing_checkpoint_is_refused_when_run_is_pressed(comfy, info):
+    """Load Model (Local) with a file that is not in models/diffusion_models: /prompt answers 400
+    naming ckpt_name and where the file goes, as it does for core's own loaders, on every core
+    (0.3.64 does not check a V3 combo's value itself; the node's validate_inputs does)."""
+    wf = json.loads((EXAMPLES / "HunyuanCustom Ref2V (Local).json").read_text())
+    loader = next(n for n in wf["nodes"] if n["type"] == "HunyuanCustomLocalModelLoader")
+    loader["widgets_values"][0] = "hunyuan_video_custom_720p_fp8_scaled.safetensors"  # not downloaded
+    prompt = graph_to_prompt(wf, info, FRONTEND)
+    with pytest.raises(ComfyError) as refused:
+        comfy.submit(prompt, {"extra_pnginfo": {"workflow": wf}})
+    assert refused.value.status == 400
+    errors = refused.value.details["node_errors"]
+    assert list(errors) == [str(loader["id"])]
+    [error] = errors[str(loader["id"])]["errors"]
+    assert error["extra_info"]["input_name"] == "ckpt_name"
+    assert "hunyuan_video_custom_720p_fp8_scaled.safetensors' is not in ComfyUI/models/diffusion_models" \
+        in error["details"]

@@ -100,3 +100,31 @@ def test_local_examples_sample_with_core_ksampler_left_to_right(name):
     x = {n["id"]: n["pos"][0] for n in wf["nodes"]}
     assert [lk for lk in wf["links"] if x[lk[1]] > x[lk[3]]] == []
     assert wf["groups"], "the steps are grouped"
+
+
+# The folder each core loader reads its combo from (what the front end's "missing models" check
+# looks in), for the loaders of the local examples.
+LOADER_FOLDERS = {"VAELoader": "vae", "DualCLIPLoader": "text_encoders", "CLIPVisionLoader": "clip_vision"}
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem.endswith("(Local)")], ids=lambda p: p.stem)
+def test_local_examples_carry_download_metadata_for_every_safetensors_file(path):
+    """The front end offers a missing file for download when the node that loads it names it in
+    `properties.models` (name, url, directory), as core's own HunyuanVideo template does; it only
+    downloads `.safetensors` from huggingface.co. Every .safetensors file a local example loads is
+    listed there, with the folder its loader reads and a URL ending in the file's name."""
+    wf = json.loads(path.read_text())
+    listed = 0
+    for node in wf["nodes"]:
+        values = node.get("widgets_values") or []
+        files = [v for v in values if isinstance(v, str) and v.endswith(".safetensors")]
+        models = node.get("properties", {}).get("models", [])
+        assert sorted(m["name"] for m in models) == sorted(files), (node["type"], models)
+        for m in models:
+            assert set(m) == {"name", "url", "directory"}
+            assert m["directory"] == LOADER_FOLDERS[node["type"]]
+            assert m["url"].startswith("https://huggingface.co/")
+            assert m["url"].split("?")[0].endswith("/" + m["name"])
+        listed += len(models)
+    # VAE, clip_l + llava_llama3_fp8_scaled, llava_llama3_vision; the transformer is a released .pt
+    assert listed == 4

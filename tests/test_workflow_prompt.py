@@ -133,3 +133,57 @@ def test_missing_widget_values_keep_the_defaults():
 def test_what_it_cannot_convert_is_an_error(wf):
     with pytest.raises(ConversionError):
         graph_to_prompt(wf, INFO)
+
+
+# 0.33.0's Save Video and Create Video, as its /object_info gives them (trimmed).
+SAVE_VIDEO_033 = {"input": {
+    "required": {"video": ["VIDEO", {}], "filename_prefix": ["STRING", {"default": "video/ComfyUI"}],
+                 "format": ["COMFY_DYNAMICCOMBO_V3", {"options": [
+                     {"key": "auto", "inputs": {"required": {"codec": ["COMFY_DYNAMICCOMBO_V3", {"options": [
+                         {"key": "auto", "inputs": {"required": {}}},
+                         {"key": "h264", "inputs": {"required": {}}}]}]}}},
+                     {"key": "webm", "inputs": {"required": {"codec": ["COMFY_DYNAMICCOMBO_V3", {"options": [
+                         {"key": "auto", "inputs": {"required": {}}}]}]}}}]}]},
+    "optional": {"codec": ["COMFY_DYNAMICCOMBO_V3", {"options": [{"key": "auto", "inputs": {}},
+                                                                 {"key": "h264", "inputs": {}}]}]}},
+    "output": ["VIDEO"]}
+CREATE_VIDEO_033 = {"input": {"required": {"images": ["IMAGE", {}],
+                                           "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0}]},
+                              "optional": {"audio": ["AUDIO", {}],
+                                           "bit_depth": ["INT", {"default": 8, "min": 8, "max": 10}]}},
+                    "output": ["VIDEO"]}
+
+
+def _video_workflow(save_values, create_values):
+    return {"nodes": [
+        {"id": 1, "type": "CreateVideo", "inputs": [{"name": "images", "type": "IMAGE", "link": None}],
+         "outputs": [{"name": "VIDEO", "type": "VIDEO", "links": [1]}], "widgets_values": create_values},
+        {"id": 2, "type": "SaveVideo", "inputs": [{"name": "video", "type": "VIDEO", "link": 1}],
+         "outputs": [], "widgets_values": save_values}],
+        "links": [[1, 1, 0, 2, 0, "VIDEO"]]}
+
+
+def test_a_file_from_before_core_0_33_reads_with_its_values_where_they_were():
+    """[prefix, 'auto', 'auto'] (0.3.64's format, codec) and Create Video's [25]: the 1.49 front end
+    puts format=auto, its child format.codec=auto, the hidden codec and bit_depth at their defaults."""
+    info = {"SaveVideo": SAVE_VIDEO_033, "CreateVideo": CREATE_VIDEO_033}
+    wf = _video_workflow(["video/x", "auto", "auto"], [25])
+    assert check_ui_workflow(wf, info) == []
+    prompt = graph_to_prompt(wf, info, (1, 49))
+    assert prompt["2"]["inputs"] == {"filename_prefix": "video/x", "format": "auto", "format.codec": "auto",
+                                     "codec": "auto", "video": ["1", 0]}
+    assert prompt["1"]["inputs"] == {"fps": 25, "bit_depth": 8}
+    # the selected option decides the child widgets; a value that is not an option is flagged
+    assert check_ui_workflow(_video_workflow(["video/x", "webm", "h264"], [25]), info) == [
+        "node 2: format.codec='h264' not in ['auto']"]
+    # a missing required value is still a shifted workflow
+    assert "1 widget values" in check_ui_workflow(_video_workflow(["video/x"], [25]), info)[0]
+
+
+def test_front_ends_differ_in_the_widgets_they_add():
+    spec = {"input": {"required": {"file": [["a.mp4"], {"video_upload": True}]}}, "output": ["VIDEO"]}
+    wf = {"nodes": [{"id": 1, "type": "LoadVideo", "inputs": [], "outputs": [],
+                     "widgets_values": ["a.mp4", "image"]}], "links": []}
+    assert graph_to_prompt(wf, {"LoadVideo": spec}, (1, 27))["1"]["inputs"] == {"file": "a.mp4"}
+    newer = graph_to_prompt(wf, {"LoadVideo": spec}, (1, 49))["1"]["inputs"]
+    assert newer == {"file": "a.mp4", "video-preview": ""}

@@ -5,9 +5,13 @@ type is registered, every widget value has a widget (and vice versa, counting th
 front end stores: control_after_generate, the upload button), combo values are among the options,
 and every link joins an output and an input of the same type.
 
-`graph_to_prompt`: the API prompt the front end (ComfyUI_frontend 1.27) would queue for a UI-format
-workflow, written from reading its graphToPrompt / ExecutableNodeDTO: what the Run button sends to
-`/prompt`, so a test can have the real server validate exactly that.
+`graph_to_prompt`: the API prompt the front end (ComfyUI_frontend 1.27, and 1.49 where it differs:
+`frontend=`) would queue for a UI-format workflow, written from reading its graphToPrompt /
+ExecutableNodeDTO: what the Run button sends to `/prompt`, so a test can have the real server
+validate exactly that. Both read a file's widgets_values by position onto the widgets of the
+node's current definition: values the file lacks for optional inputs core added since (0.33.0's
+Create Video `bit_depth`, Save Video's hidden `codec`) keep their defaults, and a DynamicCombo
+(0.33.0's Save Video `format`) is followed by the widgets of its selected option.
 """
 
 from __future__ import annotations
@@ -26,6 +30,23 @@ MODE_NEVER, MODE_BYPASS = 2, 4  # LGraphEventMode: muted / bypassed
 # Core nodes that get the front end's audio player (a widget that keeps no value in the file).
 AUDIO_UI_NODES = {"LoadAudio", "SaveAudio", "PreviewAudio", "SaveAudioMP3", "SaveAudioOpus"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
+# The front end versions this converter was written against and checked with in the browser
+# (tests/test_browser_prompts.py): 1.27.10 (ComfyUI 0.3.64) and 1.49.6 (0.33.0). They differ in
+# the widgets they add themselves: 1.27 sends Load Audio's player as audioUI="", 1.49 does not and
+# sends Load Video's preview as video-preview="".
+FRONTEND_1_27, FRONTEND_1_49 = (1, 27), (1, 49)
+
+
+def installed_frontend() -> tuple[int, int]:
+    """(major, minor) of the comfyui-frontend-package installed in this Python (the one ComfyUI
+    serves when it runs on it); 1.27 when none is installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = version("comfyui-frontend-package").split(".")[:2]
+        return int(major), int(minor)
+    except (PackageNotFoundError, ValueError):
+        return FRONTEND_1_27
 
 
 class ConversionError(ValueError):
@@ -36,26 +57,31 @@ def _options(entry) -> dict:
     return (entry[1] if entry and len(entry) > 1 and isinstance(entry[1], dict) else None) or {}
 
 
-def _ordered_inputs(spec: dict, node_type: str) -> list[tuple[str, Any, dict]]:
+def _ordered_inputs(spec: dict, node_type: str,
+                    frontend: tuple[int, int] = FRONTEND_1_27) -> list[tuple[str, Any, dict]]:
     """(name, type, options) of every input in the order the front end builds them: input_order's
     required, then its optional, then inputs the front end adds itself (the upload button, the
-    audio player): the upload button of Load Image as Mask comes after `channel`."""
+    audio player): the upload button of Load Image as Mask comes after `channel`. The options of an
+    optional input carry `"_optional": True`."""
     inputs = spec.get("input", {}) or {}
     required = dict(inputs.get("required", {}) or {})
     optional = dict(inputs.get("optional", {}) or {})
     # The front end's additions to `required` (uploadImage / uploadAudio extensions).
-    if node_type in AUDIO_UI_NODES:
+    if node_type in AUDIO_UI_NODES and frontend < FRONTEND_1_49:
         required["audioUI"] = ["AUDIO_UI", {}]
     upload = next((name for name, entry in required.items()
                    if any(_options(entry).get(f) is True for f in UPLOAD_FLAGS)
                    and (isinstance(entry[0], list) or entry[0] == "COMBO")), None)
     if upload is not None:
         required["upload"] = ["IMAGEUPLOAD", {"imageInputName": upload}]
+        if frontend >= FRONTEND_1_49 and _options(required[upload]).get("video_upload") is True:
+            required["video-preview"] = ["AUDIO_UI", {}]  # like the audio player: sends "", no value kept
     elif _options(required.get("audio")).get("audio_upload") is True:
         required["upload"] = ["AUDIOUPLOAD", {}]
 
     def entry(section: dict, name: str) -> tuple[str, Any, dict]:
-        return name, section[name][0], _options(section[name])
+        opts = _options(section[name])
+        return name, section[name][0], ({**opts, "_optional": True} if section is optional else opts)
 
     order = spec.get("input_order")
     if not order:
@@ -68,26 +94,57 @@ def _ordered_inputs(spec: dict, node_type: str) -> list[tuple[str, Any, dict]]:
     return out
 
 
-def widget_slots(spec: dict, node_type: str = "") -> list[dict]:
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # core's V3 DynamicCombo (0.33.0's Save Video `format`)
+
+
+def widget_slots(spec: dict, node_type: str = "", values: list | None = None,
+                 frontend: tuple[int, int] = FRONTEND_1_27) -> list[dict]:
     """The node's widgets in the front end's order. Each: name, kind (a widget input type, CONTROL,
     FILTER, UPLOAD or AUDIO_UI), options, choices (combos), sent (whether graphToPrompt puts it
     into the prompt: control and upload widgets are stored in the file but never sent), stored
-    (whether it has a place in widgets_values: all but the audio player)."""
-    slots = []
-    for name, kind, opts in _ordered_inputs(spec, node_type):
+    (whether it has a place in widgets_values: all but the audio player), optional (an optional
+    input: a file from before core added it lacks its value and the front end keeps the default).
+
+    A DynamicCombo (front end 1.49) is a combo of its options' keys followed by the widgets of the
+    selected option, named `<combo>.<input>`; which option is selected comes from `values` (the
+    file's widgets_values, read by position as configure() does), else the first."""
+    slots: list[dict] = []
+
+    def stored_count() -> int:
+        return sum(1 for s in slots if s.get("stored", True))
+
+    def add(name: str, kind: Any, opts: dict) -> None:
         if kind in ("IMAGEUPLOAD", "AUDIOUPLOAD"):
             slots.append({"name": name, "kind": "UPLOAD", "opts": {}, "choices": None, "sent": False})
-            continue
+            return
         if kind == "AUDIO_UI":  # the audio player: keeps no slot in widgets_values, sends ""
             slots.append({"name": name, "kind": "AUDIO_UI", "opts": {"default": ""}, "choices": None,
                           "sent": True, "stored": False})
-            continue
+            return
+        optional = bool(opts.get("_optional"))
+        if kind == DYNAMIC_COMBO:
+            options = opts.get("options") or []
+            keys = [o["key"] for o in options]
+            index = stored_count()
+            chosen = values[index] if values is not None and index < len(values) else None
+            if chosen not in keys:
+                chosen = opts.get("default", keys[0] if keys else None)
+            slots.append({"name": name, "kind": "COMBO", "opts": {**opts, "default": chosen},
+                          "choices": keys, "sent": True, "optional": optional})
+            picked = next((o for o in options if o["key"] == chosen), None)
+            inputs = (picked or {}).get("inputs") or {}
+            for section, is_optional in ((inputs.get("required") or {}, optional),
+                                         (inputs.get("optional") or {}, True)):
+                for child, entry in section.items():
+                    child_opts = _options(entry)
+                    add(f"{name}.{child}", entry[0], {**child_opts, "_optional": is_optional})
+            return
         combo = isinstance(kind, list) or kind == "COMBO"
         if not combo and (kind not in WIDGET_TYPES or opts.get("forceInput")):
-            continue  # a socket only
+            return  # a socket only
         choices = kind if isinstance(kind, list) else (opts.get("options") if combo else None)
         slots.append({"name": name, "kind": "COMBO" if combo else kind, "opts": opts, "choices": choices,
-                      "sent": True})
+                      "sent": True, "optional": optional})
         # The value-control combo (and, for a combo, its filter text) follow their widget; INT
         # inputs named seed / noise_seed get one even without the flag (legacy convention).
         control = opts.get("control_after_generate")
@@ -95,20 +152,24 @@ def widget_slots(spec: dict, node_type: str = "") -> list[dict]:
             control = True
         if control and (kind == "INT" or combo):
             slots.append({"name": f"{name}:control_after_generate", "kind": "CONTROL", "opts": {},
-                          "choices": None, "sent": False})
+                          "choices": None, "sent": False, "optional": optional})
             if combo:
                 slots.append({"name": f"{name}:control_filter_list", "kind": "FILTER", "opts": {},
-                              "choices": None, "sent": False})
+                              "choices": None, "sent": False, "optional": optional})
+
+    for name, kind, opts in _ordered_inputs(spec, node_type, frontend):
+        add(name, kind, opts)
     return slots
 
 
-def expected_widget_values(spec: dict, node_type: str = "") -> list[tuple[str, str, dict, list | None]]:
+def expected_widget_values(spec: dict, node_type: str = "", values: list | None = None,
+                           frontend: tuple[int, int] = FRONTEND_1_27) -> list[tuple]:
     """(name, kind, options, choices) of each widgets_values slot, in the front end's order."""
-    return [(s["name"], s["kind"], s["opts"], s["choices"]) for s in widget_slots(spec, node_type)
-            if s.get("stored", True)]
+    return [(s["name"], s["kind"], s["opts"], s["choices"])
+            for s in widget_slots(spec, node_type, values, frontend) if s.get("stored", True)]
 
 
-def check_ui_workflow(wf: dict, object_info: dict) -> list[str]:
+def check_ui_workflow(wf: dict, object_info: dict, frontend: tuple[int, int] = FRONTEND_1_27) -> list[str]:
     problems: list[str] = []
     nodes = {n["id"]: n for n in wf.get("nodes", [])}
     for node in nodes.values():
@@ -123,13 +184,19 @@ def check_ui_workflow(wf: dict, object_info: dict) -> list[str]:
         if spec is None:
             problems.append(f"node {node['id']}: missing node type {node['type']}")
             continue
-        slots = expected_widget_values(spec, node["type"])
         values = node.get("widgets_values") or []
-        if len(values) != len(slots):
+        stored = [s for s in widget_slots(spec, node["type"], values, frontend) if s.get("stored", True)]
+        slots = [(s["name"], s["kind"], s["opts"], s["choices"]) for s in stored]
+        # A file saved before core added optional inputs at the end (0.33.0's Create Video
+        # `bit_depth`) lacks their values: the front end keeps their defaults, nothing shifts.
+        missing = stored[len(values):]
+        if len(values) > len(slots) or not all(s.get("optional") and "default" in s["opts"]
+                                                 or s["kind"] in ("CONTROL", "FILTER") and s.get("optional")
+                                                 for s in missing):
             problems.append(f"node {node['id']} ({node['type']}): {len(values)} widget values for "
                             f"{len(slots)} widgets {[s[0] for s in slots]}")
             continue
-        for value, (name, kind, opts, choices) in zip(values, slots, strict=True):
+        for value, (name, kind, opts, choices) in zip(values, slots[:len(values)], strict=True):
             if kind == "COMBO" and choices is not None and value not in choices:
                 problems.append(f"node {node['id']}: {name}={value!r} not in {choices[:8]}")
             if kind in ("INT", "FLOAT"):
@@ -184,7 +251,8 @@ def _valid_connection(a: Any, b: Any) -> bool:
 
 
 class _Graph:
-    def __init__(self, wf: dict, object_info: dict):
+    def __init__(self, wf: dict, object_info: dict, frontend: tuple[int, int] = FRONTEND_1_27):
+        self.frontend = frontend
         if (wf.get("definitions") or {}).get("subgraphs") or any(
                 isinstance(n.get("type"), str) and len(n["type"]) == 36 and n["type"].count("-") == 4
                 for n in wf.get("nodes", [])):
@@ -265,7 +333,7 @@ class _Graph:
         if isinstance(values, dict):  # some custom nodes store a dict; the front end then keeps defaults
             values = []
         out = {}
-        slots = widget_slots(self.info[node["type"]], node["type"])
+        slots = widget_slots(self.info[node["type"]], node["type"], values, self.frontend)
         stored = [s for s in slots if s.get("stored", True)]  # configure(): values by position
         for i, slot in enumerate(stored + [s for s in slots if not s.get("stored", True)]):
             if not slot["sent"]:
@@ -304,7 +372,8 @@ class _Graph:
         return out
 
 
-def graph_to_prompt(wf: dict, object_info: dict) -> dict[str, dict]:
+def graph_to_prompt(wf: dict, object_info: dict,
+                    frontend: tuple[int, int] = FRONTEND_1_27) -> dict[str, dict]:
     """The API prompt ({id: {class_type, inputs, _meta}}) the front end queues for `wf`.
 
     Mirrors ComfyUI_frontend 1.27's graphToPrompt: virtual nodes (Note, MarkdownNote, Reroute,
@@ -312,13 +381,14 @@ def graph_to_prompt(wf: dict, object_info: dict) -> dict[str, dict]:
     bypassed node goes to the bypassed node's input of the matching type, through a reroute to
     what feeds the reroute; a primitive's value lands in the widget it feeds; widget values are
     mapped onto the node's widgets in the front end's order (control_after_generate and upload
-    values are skipped, the audio player of Load Audio sends ""; list values wrapped as
+    values are skipped, the audio player of Load Audio sends "" (1.27), Load Video's preview sends
+    "" (1.49), a value the file lacks keeps its default; list values wrapped as
     {"__value__": [...]}); a linked input becomes
     [origin id, origin slot] and wins over its widget; an input whose origin is not in the prompt
     is dropped. Not handled: subgraphs and legacy group nodes (ConversionError), the dynamic-prompt
     expansion of {a|b} in multiline text (the examples have none).
     """
-    graph = _Graph(wf, object_info)
+    graph = _Graph(wf, object_info, frontend)
     primitives = graph.primitive_values()
     prompt: dict[str, dict] = {}
     for node in graph.nodes.values():

@@ -21,7 +21,9 @@ Layouts read:
   scales file (the name with `.pt` replaced by `_map.pt`, `{"module": {module name: scale}}`);
   real weight = weight.to(dtype) * scale, as the released code computes it;
 - single-file fp8-scaled safetensors (ComfyUI's layout: a `scaled_fp8` marker tensor and a
-  `<module>.scale_weight` per fp8 Linear, optional `.scale_input`);
+  `<module>.scale_weight` per fp8 Linear, optional `.scale_input`, which is dropped: it only
+  scales activations for an fp8 matmul), e.g. `hunyuan_video_custom_720p_fp8_scaled.safetensors`,
+  whose fp8 Linears include the final layer's;
 - plain safetensors (bf16/fp16/fp32).
 Keys may carry a `module.`, `model.diffusion_model.` or `diffusion_model.` prefix.
 
@@ -294,6 +296,11 @@ def read_checkpoint(path: str | os.PathLike, fp8: str = "keep", dtype=torch.bflo
             layout = "safetensors-fp8-scaled"
             if fp8 == "dequantize":
                 sd = scaled_to_dequantized(sd, dtype)
+            else:
+                # `scale_input` (single files made for fp8 matmul) scales activations only when
+                # the matmul itself runs in fp8; the weights' values depend on scale_weight alone,
+                # and core's model built for the pack's fp8 ops has no place for it.
+                sd = {k: v for k, v in sd.items() if not k.endswith(".scale_input")}
         elif has_fp8:
             layout = "safetensors-fp8"
     backbone, extras = split_extras(sd)

@@ -104,9 +104,17 @@ async function main() {
 // The first visit to a fresh user folder opens the template browser; close it like a user would.
 async function dismissTemplates(page) {
   const title = page.getByText("Get Started with a Template", { exact: true });
-  if (await title.count() === 0) return "absent";
+  if (await title.count() > 0) {  // front end 1.27
+    await page.keyboard.press("Escape");
+    await title.waitFor({ state: "detached", timeout: 10000 });
+    return "dismissed";
+  }
+  // Front end 1.49: a "Templates" dialog that opens a moment after the page is ready.
+  const browser = page.getByRole("dialog").filter({ hasText: "All Templates" });
+  await browser.first().waitFor({ timeout: 5000 }).catch(() => {});
+  if (await browser.count() === 0) return "absent";
   await page.keyboard.press("Escape");
-  await title.waitFor({ state: "detached", timeout: 10000 });
+  await browser.first().waitFor({ state: "hidden", timeout: 10000 });
   return "dismissed";
 }
 
@@ -118,8 +126,12 @@ async function checkTemplates(page) {
     requests: report.failedRequests.length };
   await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
   const content = page.locator('[data-testid="template-workflows-content"]');
+  // The pack's category: an option inside the content in 1.27, an entry of the side bar in 1.49.
+  const legacy = content.getByRole("option", { name: cfg.packModule, exact: true });
+  const sideBar = page.getByRole("dialog").getByText(cfg.packModule, { exact: true });
+  await Promise.race([legacy.waitFor({ timeout: 30000 }), sideBar.first().waitFor({ timeout: 30000 })]);
+  await (await legacy.count() > 0 ? legacy : sideBar.first()).click();
   await content.waitFor({ timeout: 30000 });
-  await content.getByRole("option", { name: cfg.packModule, exact: true }).click();
   const cards = {};
   for (const name of cfg.templateNames) {
     const card = content.locator(`[data-testid="template-workflow-${name}"]`);
@@ -132,7 +144,7 @@ async function checkTemplates(page) {
     }, await card.elementHandle(), { timeout: 30000 }).catch(() => {});
     cards[name] = await card.evaluate((el) => {
       const img = el.querySelector("img");
-      return { title: el.querySelector("h3")?.textContent.trim() ?? null,
+      return { title: el.querySelector("h3")?.textContent.trim() ?? img?.getAttribute("alt") ?? null,
         description: el.querySelector("p")?.textContent.trim() ?? null,
         src: img?.getAttribute("src") ?? null, naturalWidth: img?.naturalWidth ?? 0,
         naturalHeight: img?.naturalHeight ?? 0, shown: Boolean(img?.checkVisibility()) };

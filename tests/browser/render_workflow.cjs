@@ -11,7 +11,7 @@ const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", 
   "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 
 async function main() {
-  const report = { prompts: {}, consoleErrors: [] };
+  const report = { prompts: {}, warnings: {}, consoleErrors: [] };
   const context = await chromium.launchPersistentContext(cfg.userDataDir, {
     executablePath: cfg.chromium, headless: true, args: FLAGS,
     viewport: { width: cfg.shot.width, height: cfg.shot.height },
@@ -24,16 +24,22 @@ async function main() {
       && Object.keys(window.LiteGraph.registered_node_types).some((t) => t.startsWith("HunyuanCustom")),
     null, { timeout: 120000 });
     await page.waitForLoadState("networkidle");
-    const templates = page.getByText("Get Started with a Template", { exact: true });
-    if (await templates.count() > 0) {
+    // The first visit's template browser ("Get Started with a Template" in 1.27, "Templates" in
+    // 1.49, which opens a moment later): closed before anything else.
+    await page.waitForSelector(".p-dialog, [role='dialog']", { timeout: 10000 }).catch(() => {});
+    for (let i = 0; i < 10 && await page.locator(".p-dialog, [role='dialog']").count() > 0; i++) {
       await page.keyboard.press("Escape");
-      await templates.waitFor({ state: "detached", timeout: 10000 });
+      await page.waitForTimeout(300);
     }
+    const startupErrors = report.consoleErrors.length;
+    report.startupErrors = report.consoleErrors.slice(0, startupErrors);  // the page's own, before any workflow
     for (const [name, wf] of Object.entries(cfg.workflows)) {
+      const logged = report.consoleErrors.length;
       report.prompts[name] = await page.evaluate(async (w) => {
         await window.app.loadGraphData(w, true, true, null);
         return (await window.app.graphToPrompt()).output;
       }, wf);
+      report.warnings[name] = await warningsShown(page, logged, report);
     }
     // No minimap or canvas info in the picture; every node drawn in full at any zoom.
     await page.evaluate(async () => {
@@ -73,6 +79,18 @@ async function main() {
     await context.close();
   }
   process.stdout.write(JSON.stringify(report));
+}
+
+// What the front end tells a user on opening a workflow: its dialogs and toasts (missing nodes,
+// missing models, "N errors found" in 1.49, a validation or widget-value warning) and the
+// console errors logged meanwhile. Closed again so the next workflow starts clean.
+async function warningsShown(page, logged, report) {
+  await page.waitForTimeout(1500);  // the missing-models check and toasts come after loadGraphData
+  const shown = await page.evaluate(() => [...document.querySelectorAll(
+    ".p-dialog, .p-toast-message, [role='dialog'], [role='alert']")]
+    .map((d) => d.innerText.trim()).filter((t) => t));
+  for (let i = 0; i < 3 && shown.length; i++) { await page.keyboard.press("Escape"); await page.waitForTimeout(200); }
+  return [...shown, ...report.consoleErrors.slice(logged).map((e) => `console: ${e}`)];
 }
 
 main();

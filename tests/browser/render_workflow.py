@@ -8,7 +8,8 @@ Starts ComfyUI with the pack, empty stand-in model files named as in the README 
 inputs, opens each example workflow in headless Chromium (Debian's /usr/bin/chromium, playwright-core
 from the cache tests/test_browser.py installs), compares the front end's own graphToPrompt output
 with tests/workflow_check.graph_to_prompt (exit 1 on any difference), and saves the picture of the
-chosen workflow as a 256-colour PNG.
+chosen workflow as a 256-colour PNG. It also reports any warning the front end shows on opening a
+workflow (dialogs, toasts, console errors): with the model files present there must be none.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 from comfyui_harness import ComfyServer, stand_in_models  # noqa: E402
-from workflow_check import graph_to_prompt  # noqa: E402
+from workflow_check import graph_to_prompt, installed_frontend  # noqa: E402
 
 EXAMPLES = REPO / "example_workflows"
 NODE_MODULES = Path(os.environ.get("HUNYUANCUSTOM_BROWSER_CACHE")
@@ -73,12 +74,15 @@ def main() -> int:
             sys.exit(f"browser: {report['error']}")
         differ = 0
         for name, wf in workflows.items():
-            ours, theirs = graph_to_prompt(wf, info), report["prompts"][name]
+            ours, theirs = graph_to_prompt(wf, info, installed_frontend()), report["prompts"][name]
             same = ours == theirs
             differ += not same
             print(f"{name}: graph_to_prompt {'equals' if same else 'DIFFERS FROM'} the front end's prompt")
             if not same:
                 print(json.dumps({"ours": ours, "front end": theirs}, indent=1))
+            warnings = report["warnings"][name]
+            differ += bool(warnings)
+            print(f"{name}: opens without warnings" if not warnings else f"{name}: WARNINGS {warnings}")
         from PIL import Image
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
