@@ -100,3 +100,15 @@ def test_local_examples_sample_with_core_ksampler_left_to_right(name):
     x = {n["id"]: n["pos"][0] for n in wf["nodes"]}
     assert [lk for lk in wf["links"] if x[lk[1]] > x[lk[3]]] == []
     assert wf["groups"], "the steps are grouped"
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if "(Cloud)" in p.stem], ids=lambda p: p.stem)
+def test_cloud_examples_save_each_video_once(path):
+    # The cloud node saves its video in the output folder itself (the copy the journal serves
+    # again): a Save Video after it would save each video a second time and show a second preview.
+    wf = json.loads(path.read_text())
+    types = [n["type"] for n in wf["nodes"]]
+    assert sum(t.startswith("HunyuanCustomCloud") for t in types) == 1
+    assert not {"SaveVideo", "PreviewVideo", "SaveWEBM", "SaveAnimatedWEBP"} & set(types), types
+    note = next(n for n in wf["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    assert "no *Save Video* needed" in note
