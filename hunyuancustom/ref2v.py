@@ -180,6 +180,8 @@ def run_ref2v(
     api_key = api_key or load_api_key()
     reporter.check_interrupt()
     deadline = Deadline.after(settings.timeout_s)  # the whole job, waits for another job included
+    # Whether a new task pays for this request a second time (the node's line says "billed again").
+    paid_before = force_new and seed != -1 and journal.peek_cached(fp) is not None
     while True:
         decision = _decide(journal, fp, model, request, image_ref, seed, force_new, batch, reporter,
                            deadline)
@@ -192,12 +194,16 @@ def run_ref2v(
         job = _Job(journal, decision.row, resumed=decision.kind in ("resume", "refetch"),
                    refetch=decision.kind == "refetch")
         try:
-            return _run(model, image, body, dest, reporter, settings, api_key, decode, options, job,
-                        deadline)
+            result = _run(model, image, body, dest, reporter, settings, api_key, decode, options,
+                          job, deadline)
+            if paid_before and result.extra.get("source") == "new":
+                result.extra["billed_again"] = True
+            return result
         except _TaskGone as gone:
             # That task's video can no longer be had: nothing to pay twice for, decide again.
             if gone.note:
                 reporter.status(gone.note)
+                paid_before = paid_before or job.refetch  # its note says: billed again
             continue
         except _ClaimLost:
             # Another process took this job over before our submit (and we did not submit):

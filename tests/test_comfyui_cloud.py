@@ -192,10 +192,13 @@ def test_requeue_after_cancel_resumes_the_same_task(comfy, api):
 
 
 def test_force_new_pays_again_on_purpose(comfy, api):
-    comfy.wait(comfy.queue(graph(seed=12)))
+    first = comfy.wait(comfy.queue(graph(seed=12)))["outputs"]["2"]["hunyuancustom"][0]
+    assert "billed_again" not in first  # the first payment for this request
     entry = comfy.wait(comfy.queue(graph(seed=12, force_new=True)))
     assert entry["outputs"]["2"]["hunyuancustom"][0]["source"] == "new"
     assert entry["outputs"]["2"]["hunyuancustom"][0]["billed"] is True
+    # The node's line says "billed again": this request already had a paid, saved result.
+    assert entry["outputs"]["2"]["hunyuancustom"][0]["billed_again"] is True
     assert api.stats()["submits"] == 2
     comfy.wait(comfy.queue(graph(seed=12, force_new=True)))  # ComfyUI's cache does not hold it back
     assert api.stats()["submits"] == 3
@@ -362,6 +365,10 @@ def test_live_status_reaches_the_front_end_and_ends_with_the_result(comfy, api):
     kind, events, executed = asyncio.run(asyncio.wait_for(run(), 120))
     assert kind == "execution_success"
     assert {e["node"] for e in events} == {"2"}
+    # Each event names the task once one is known (what the front end's Cancel line names).
+    task_id = executed["hunyuancustom"][0]["task_id"]
+    named = [e["task_id"] for e in events]
+    assert named[0] is None and set(named[named.index(task_id):]) == {task_id}, events
     assert progress_texts == []
     texts = [e["text"] for e in events]
     assert texts[0].startswith("Uploading") and texts[-1].startswith("Done")
