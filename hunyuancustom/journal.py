@@ -515,6 +515,15 @@ class Journal:
                 return row
         return None
 
+    def paid_and_gone(self, fp: str) -> bool:
+        """Whether a task was paid for this fingerprint and can no longer be had (the API said it no
+        longer knows it, or the user gave it up): a new task for it is billed a second time."""
+        with self._guard("be read"), self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM jobs WHERE fingerprint = ? AND status IN (?, ?) AND task_id IS NOT NULL "
+                "AND task_id != '' LIMIT 1", (fp, EXPIRED, ABANDONED)).fetchone()
+        return row is not None
+
     def acquire(self, fp: str, *, model: str, request: str, image_ref: str, seed: int,
                 force_new: bool = False, batch: tuple[int, int] | None = None) -> Decision:
         """Decide, atomically across processes, whether a request is served from the cache,

@@ -186,6 +186,10 @@ def run_ref2v(
     api_key = api_key or load_api_key()
     reporter.check_interrupt()
     deadline = Deadline.after(settings.timeout_s)  # the whole job, waits for another job included
+    # Whether a new task pays for this request a second time (the node's line says "billed again").
+    # (a saved result replaced by force_new, or a paid task the provider no longer has)
+    paid_before = seed != -1 and ((force_new and journal.peek_cached(fp) is not None)
+                                  or journal.paid_and_gone(fp))
     while True:
         decision = _decide(journal, fp, model, request, image_ref, seed, force_new, batch, reporter,
                            deadline)
@@ -198,8 +202,11 @@ def run_ref2v(
         job = _Job(journal, decision.row, resumed=decision.kind in ("resume", "refetch"),
                    refetch=decision.kind == "refetch")
         try:
-            return _run(model, image, body, dest, reporter, settings, api_key, decode, options, job,
-                        deadline)
+            result = _run(model, image, body, dest, reporter, settings, api_key, decode, options,
+                          job, deadline)
+            if paid_before and result.extra.get("source") == "new":
+                result.extra["billed_again"] = True
+            return result
         except _TaskGone as gone:
             # That task's video can no longer be had. A new task would be billed again: never
             # within this run, only when the user runs the job again (the row is expired now).

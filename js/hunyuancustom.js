@@ -79,7 +79,17 @@ function keySettingElement() {
 // ---------------------------------------------------------------------------------------------
 // Status line and result line on the pack's nodes
 
-const active = new Map(); // node id -> { node, started, text, progress }
+const active = new Map(); // node id -> { node, started, text, progress, taskId }
+const lastResult = new WeakMap(); // node -> its last result message (info or batch summary)
+let servedFromCache = new WeakSet(); // nodes ComfyUI serves from its own cache in this prompt
+
+// What a run costs, said on the node before it runs. WaveSpeedAI publishes no per-run price for
+// these models that we could find (README "Cost"), so the node names who bills, not a number.
+const COST_TEXT = {
+  single: "Each new task is billed by WaveSpeedAI to your account",
+  batch: "Each new task (one per video) is billed by WaveSpeedAI to your account",
+};
+const COST_BADGE = "Billed by WaveSpeedAI per run";
 
 function findNode(id) {
   // Inside subgraphs the execution id is a path "outer:inner:...": each part is a node of the
@@ -113,7 +123,7 @@ function hasVideo(node) {
   return Boolean(node.widgets?.some((w) => w.name === VIDEO_WIDGET));
 }
 
-function addPanel(node) {
+function addPanel(node, cost) {
   const el = document.createElement("div");
   el.className = "hunyuancustom-panel";
   el.innerHTML = `
@@ -127,11 +137,17 @@ function addPanel(node) {
         <button class="hunyuancustom-copy" title="Copy">Copy</button>
       </div>
     </div>
-    <div class="hunyuancustom-placeholder">the video appears here</div>`;
+    <div class="hunyuancustom-placeholder">
+      <div class="hunyuancustom-cost"></div>
+      <div>the video appears here</div>
+    </div>`;
   el.querySelector(".hunyuancustom-copy").addEventListener("click", () => {
     copyText(el.querySelector(".hunyuancustom-info").dataset.copy || "");
   });
   const placeholder = el.querySelector(".hunyuancustom-placeholder");
+  const costLine = el.querySelector(".hunyuancustom-cost");
+  costLine.textContent = cost ?? "";
+  costLine.hidden = !cost;
   const widget = node.addDOMWidget(PANEL, "hunyuancustom", el, {
     serialize: false, // never part of a workflow or a prompt
     hideOnZoom: false,
@@ -144,6 +160,32 @@ function addPanel(node) {
   });
   widget.serialize = false;
   return el;
+}
+
+// The price badge core's API nodes show in the title bar, for the pack's cloud nodes. Core draws
+// it only for Comfy.org API nodes (billed in Comfy credits), so the pack adds its own badge of the
+// same kind: an instance of the front end's badge class, found on a badge core gave the node
+// (its id/source badge). A front end without badges keeps the line in the panel only.
+function badgeClass(node) {
+  for (const b of node.badges ?? []) {
+    try {
+      const badge = typeof b === "function" ? b() : b;
+      if (badge && typeof badge.draw === "function") return badge.constructor;
+    } catch { /* not a badge we can read */ }
+  }
+  return null;
+}
+
+function addCostBadge(node) {
+  const Badge = badgeClass(node);
+  if (!Badge || !Array.isArray(node.badges)) return false;
+  let badge = null;
+  node.badges.push(() => {
+    badge ??= new Badge({ text: COST_BADGE, fgColor: "#fff", bgColor: "#8D6932" });
+    return badge;
+  });
+  node.hunyuancustomCostBadge = COST_BADGE;
+  return true;
 }
 
 function copyText(text) {
@@ -210,29 +252,87 @@ function onStatus({ detail }) {
   const entry = active.get(id) ?? { node, started: Date.now() };
   entry.text = detail.text;
   entry.progress = detail.progress ?? 0;
+  entry.taskId = detail.task_id ?? entry.taskId ?? null;
   active.set(id, entry);
   drawStatus(entry, id);
 }
 
-function describeResult(info) {
+// The line under a result says truly what this run cost. `how`: "run" (the node ran) or
+// "comfy-cache" (ComfyUI served the node's earlier output: the node did not run, no request).
+function describeResult(info, how = "run") {
   if (info.backend === "local") {
     const text = `local · seed ${info.seed} · ${info.steps} steps · ${info.sampling_s} s sampling`;
-    return { text, copy: String(info.seed) };
+    return { text: how === "comfy-cache" ? `ComfyUI's cached result · ${text}` : text, copy: String(info.seed) };
   }
+  const id = info.task_id;
   // Billed or free first, so it survives a narrow node.
-  const how = { new: "billed · new task", resumed: "free · resumed task",
-                cache: "free · saved result of task" };
-  const parts = [`${how[info.source] ?? "task"} ${info.task_id}`];
+  let head;
+  if (how === "comfy-cache") head = `free · ComfyUI's cached result, no request made · task ${id}`;
+  else if (info.source === "cache") head = `free · saved result of task ${id}, no request made`;
+  else if (info.source === "resumed" && info.refetched) head = `not billed again · video of task ${id} fetched again`;
+  else if (info.source === "resumed") head = `billed once at submit, not again · resumed task ${id}`;
+  else if (info.billed_again) head = `billed again · new task ${id}`;
+  else if (info.source === "new") head = `billed · new task ${id}`;
+  else head = `task ${id}`;
+  const parts = [head];
   if (info.inference_ms != null) parts.push(`${(info.inference_ms / 1000).toFixed(1)} s inference`);
   if ((info.has_nsfw_contents || []).some(Boolean)) parts.push("NSFW flagged");
-  return { text: parts.join(" · "), copy: info.task_id };
+  return { text: parts.join(" · "), copy: id };
 }
 
-function describeBatch(summary) {
+function describeBatch(summary, how = "run") {
   const ids = (summary.results || []).map((r) => r.task_id).filter(Boolean);
   const failed = summary.failed ? ` · ${summary.failed} failed` : "";
+  const done = `${summary.done} of ${summary.jobs} videos done`;
+  if (how === "comfy-cache") {
+    return { text: `free · ComfyUI's cached result, no request made · ${done}${failed}`, copy: ids.join("\n") };
+  }
   const billing = summary.billed != null ? ` · ${summary.billed} billed, ${summary.free} free` : "";
-  return { text: `${summary.done} of ${summary.jobs} videos done${billing}${failed}`, copy: ids.join("\n") };
+  return { text: `${done}${billing}${failed}`, copy: ids.join("\n") };
+}
+
+function describe(message, how) {
+  const info = message?.hunyuancustom?.[0];
+  const batch = message?.hunyuancustom_batch?.[0];
+  if (info) return describeResult(info, how);
+  if (batch) return describeBatch(batch, how);
+  return null;
+}
+
+// Cancel while the provider runs the task: the task goes on there and was billed when it was
+// submitted; the journal resumes it (free) when the same inputs are queued again.
+function describeCancel(entry) {
+  const earlier = hasVideo(entry.node) ? " · the video shown is from an earlier run" : "";
+  if (entry.node.type?.startsWith("HunyuanCustomCloudBatch")) {
+    return { text: "cancelled · tasks already submitted keep running at WaveSpeedAI and were billed at "
+      + `submit · queue again to resume them free${earlier}`, copy: entry.taskId ?? "" };
+  }
+  if (entry.taskId) {
+    return { text: `cancelled · task ${entry.taskId} keeps running at WaveSpeedAI, billed at submit · `
+      + `queue again to resume it free${earlier}`, copy: entry.taskId };
+  }
+  return { text: "cancelled before any task was confirmed · queue again: nothing is paid twice"
+    + earlier, copy: "" };
+}
+
+function cancelAll() {
+  for (const [id, entry] of [...active.entries()]) {
+    if (entry.node.graph && entry.node.type?.startsWith("HunyuanCustomCloud")) {
+      showResult(entry.node, describeCancel(entry));
+    }
+    clearStatus(id);
+  }
+}
+
+// ComfyUI serves these nodes from its own cache: the node does not run, nothing is requested.
+function onCached({ detail }) {
+  for (const id of detail?.nodes ?? []) {
+    const node = findNode(id);
+    if (!node || !panelOf(node)) continue;
+    servedFromCache.add(node);
+    const line = describe(lastResult.get(node), "comfy-cache");
+    if (line) showResult(node, line);
+  }
 }
 
 function showResult(node, line) {
@@ -284,8 +384,10 @@ const STYLE = `
 /* Wrapped, never cut off: the node's default width fits the longest usual line in two lines. */
 .hunyuancustom-status-text, .hunyuancustom-info-text { white-space: normal; overflow-wrap: anywhere;
   max-height: 39px; overflow: hidden; user-select: text; }
-.hunyuancustom-placeholder { flex: 1; display: flex; align-items: center; justify-content: center;
-  opacity: .35; font-style: italic; }
+.hunyuancustom-placeholder { flex: 1; display: flex; flex-direction: column; align-items: center;
+  justify-content: center; gap: 6px; text-align: center; }
+.hunyuancustom-placeholder > div:last-child { opacity: .35; font-style: italic; }
+.hunyuancustom-cost { opacity: .8; padding: 0 8px; }
 .hunyuancustom-bar { height: 4px; background: rgba(128,128,128,.3); border-radius: 2px; }
 .hunyuancustom-bar-fill { height: 100%; width: 0; background: #3a8; border-radius: 2px;
   transition: width .4s; }
@@ -321,23 +423,31 @@ app.registerExtension({
     api.addEventListener(STATUS_EVENT, onStatus);
     api.addEventListener("executed", ({ detail }) => clearStatus(detail.node ?? detail.display_node));
     api.addEventListener("execution_error", clearAll);
-    api.addEventListener("execution_interrupted", clearAll);
+    api.addEventListener("execution_interrupted", cancelAll);
+    api.addEventListener("execution_start", () => { servedFromCache = new WeakSet(); });
+    api.addEventListener("execution_cached", onCached);
     api.addEventListener("execution_success", clearAll);
     // Tick the elapsed time between the server's polls (at least once a second).
     setInterval(() => active.forEach((entry, id) => drawStatus(entry, id)), 500);
+  },
+
+  // After core's own nodeCreated (its node id / source badge), whose badge class the cost badge uses.
+  nodeCreated(node) {
+    if (String(node.comfyClass ?? node.type ?? "").startsWith("HunyuanCustomCloud")) addCostBadge(node);
   },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!nodeData.name?.startsWith("HunyuanCustom")) return;
     const makesVideo = (nodeData.output || []).some((t) => t === "VIDEO" || (Array.isArray(t) && t.includes("VIDEO")));
     const hasSeed = "seed" in (nodeData.input?.required ?? {});
+    const cloud = nodeData.name.startsWith("HunyuanCustomCloud");
 
     const created = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function () {
       const r = created?.apply(this, arguments);
       if (hasSeed) fixedSeedByDefault(this);
       if (makesVideo) {
-        addPanel(this);
+        addPanel(this, cloud ? COST_TEXT[nodeData.name.startsWith("HunyuanCustomCloudBatch") ? "batch" : "single"] : null);
         adoptVideoPreview(this);
       }
       return r;
@@ -347,10 +457,13 @@ app.registerExtension({
     const executed = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       const r = executed?.apply(this, arguments);
-      const info = message?.hunyuancustom?.[0];
-      const batch = message?.hunyuancustom_batch?.[0];
-      if (info) showResult(this, describeResult(info));
-      else if (batch) showResult(this, describeBatch(batch));
+      const how = servedFromCache.has(this) ? "comfy-cache" : "run";
+      servedFromCache.delete(this);
+      const line = describe(message, how);
+      if (line) {
+        lastResult.set(this, message);
+        showResult(this, line);
+      }
       return r;
     };
   },

@@ -74,7 +74,9 @@ class _CloudBatch(io.ComfyNode):
             outputs=[
                 io.Video.Output("videos", display_name="videos", is_output_list=True,
                                 tooltip="One VIDEO per finished job, in job order (failed jobs "
-                                        "are left out; see summary)."),
+                                        "are left out; see summary), each already saved by this "
+                                        "node in ComfyUI's output folder (hunyuancustom/): no "
+                                        "Save Video needed."),
                 io.String.Output("summary", display_name="summary",
                                  tooltip="JSON: each job's image, prompt, outcome, billed or "
                                          "free, task id, output file (inside ComfyUI's output "

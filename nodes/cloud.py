@@ -121,8 +121,9 @@ class _CloudRef2V(io.ComfyNode):
             ],
             outputs=[
                 io.Video.Output("video", display_name="video",
-                                tooltip="The generated video (core VIDEO), saved in ComfyUI's output "
-                                        "folder."),
+                                tooltip="The generated video (core VIDEO), already saved by this "
+                                        "node in ComfyUI's output folder (hunyuancustom/): no "
+                                        "Save Video needed, it would save a second copy."),
                 io.Image.Output("frames", display_name="frames",
                                 tooltip="The video's frames (IMAGE); decoded only when something is "
                                         "connected here."),
@@ -132,7 +133,9 @@ class _CloudRef2V(io.ComfyNode):
                 io.String.Output("info", display_name="info",
                                  tooltip="JSON: task id, model, status, timings, NSFW flags, "
                                          "source, and billed: true for a new task, false for a "
-                                         "saved result or a resumed task."),
+                                         "saved result or a resumed task (refetched: its saved "
+                                         "video was fetched again; billed_again: a new task for "
+                                         "a request that was paid before)."),
             ],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,

@@ -144,6 +144,7 @@ def browser_run(tmp_path_factory):
             "url": comfy.url + "/", "chromium": str(CHROMIUM), "secret": SECRET,
             "workflows": workflows, "cloudWorkflow": CLOUD_WORKFLOW,
             "keyFile": str(comfy.data_dir / "api_key"), "apiBase": api.base_url,
+            "outputDir": str(comfy.output_dir),
             "failMarker": FAIL_MARKER, "packModule": PACK_DIR_NAME,
             "templateNames": [name.removesuffix(".json") for name in sorted(workflows)],
             "openTemplate": CLOUD_WORKFLOW.removesuffix(".json"),
@@ -262,7 +263,9 @@ def test_cloud_node_shows_the_finished_video_with_task_and_inference_time(browse
     # inputs; js/hunyuancustom.js keeps it out of the prompt).
     assert any("2" in nodes for nodes in cached), run["history"]
     assert all("video-preview" not in p["2"]["inputs"] for p in run["prompts"])
-    assert run["cachedInfo"] == run["info"]
+    # The line says so: no request was made (the video is the same task's).
+    cached = f"free · ComfyUI's cached result, no request made · task {task_id}"
+    assert run["cachedInfo"].startswith(cached), run["cachedInfo"]
     assert run["cachedVideo"] is not None and _file_of(run["cachedVideo"]["src"]) == _file_of(video["src"])
     assert run["cachedVideo"]["readyState"] >= 2
     assert (tmp / "cloud-node.png").stat().st_size > 10_000
@@ -322,7 +325,8 @@ def test_inside_a_subgraph_the_status_and_result_reach_the_inner_node(browser_ru
     assert "execution_success" in sub["events"][-1], sub["events"]
     assert any("Processing" in s or "Queued" in s for s in sub["statusSeen"]), sub
     assert sub["statusHiddenAfter"] is True
-    assert sub["info"] and sub["info"].startswith("billed · new task "), sub
+    # force_new over the request the first run paid for: billed again.
+    assert sub["info"] and sub["info"].startswith("billed again · new task "), sub
 
 
 
@@ -394,3 +398,55 @@ def test_template_browser_shows_each_example_with_its_picture_and_title(browser_
     assert "HunyuanCustomCloudRef2V720p" in templates["opened"]["types"], templates["opened"]
     assert templates["opened"]["workflow"] == CLOUD_WORKFLOW.removesuffix(".json"), templates["opened"]
     assert (tmp / "cloud-node-templates.png").stat().st_size > 10_000
+
+
+# --- the price before, the truth after ---------------------------------------------------------------
+
+
+def test_before_a_run_the_cloud_nodes_say_who_bills_each_run(browser_run):
+    # No per-run price for these models is published by WaveSpeedAI (README "Cost"): the node says
+    # who bills, in its panel and, like core's API nodes' price, as a badge in its title bar.
+    report, _ = browser_run
+    single, batch = report["cost"]["single"], report["cost"]["batch"]
+    assert single["line"] == "Each new task is billed by WaveSpeedAI to your account", single
+    assert single["shown"] is True  # on screen, where the video will appear
+    assert batch["line"] == "Each new task (one per video) is billed by WaveSpeedAI to your account", batch
+    for node in (single, batch):
+        assert "Billed by WaveSpeedAI per run" in node["badges"], node
+    assert not any("$" in b or "credits" in b for b in single["badges"] + batch["badges"])
+
+
+def _task_of(line: str, before: str) -> str:
+    return line.split(before, 1)[1].split()[0]
+
+
+def test_after_cancel_the_line_says_the_task_goes_on_and_was_billed_at_submit(browser_run):
+    report, _ = browser_run
+    cancel, resumed = report["cancel"], report["resumed"]
+    assert "execution_interrupted" in cancel["events"][-1], cancel["events"]
+    task_id = _task_of(resumed["info"], "resumed task ")
+    assert cancel["info"] == (f"cancelled · task {task_id} keeps running at WaveSpeedAI, billed at "
+                              "submit · queue again to resume it free · the video shown is from an "
+                              "earlier run"), cancel
+
+
+def test_a_resumed_task_is_said_to_be_billed_once_at_submit(browser_run):
+    report, _ = browser_run
+    info = report["resumed"]["info"]
+    assert info.startswith("billed once at submit, not again · resumed task "), info
+    assert " s inference" in info
+
+
+def test_a_video_fetched_again_says_it_is_not_billed_again(browser_run):
+    report, _ = browser_run
+    task_id = _task_of(report["resumed"]["info"], "resumed task ")
+    info = report["refetched"]["info"]
+    assert info.startswith(f"not billed again · video of task {task_id} fetched again"), info
+
+
+def test_force_new_over_a_paid_request_says_billed_again(browser_run):
+    report, _ = browser_run
+    earlier = _task_of(report["resumed"]["info"], "resumed task ")
+    info = report["billedAgain"]["info"]
+    assert info.startswith("billed again · new task "), info
+    assert _task_of(info, "new task ") != earlier

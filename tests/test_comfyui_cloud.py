@@ -192,10 +192,13 @@ def test_requeue_after_cancel_resumes_the_same_task(comfy, api):
 
 
 def test_force_new_pays_again_on_purpose(comfy, api):
-    comfy.wait(comfy.queue(graph(seed=12)))
+    first = comfy.wait(comfy.queue(graph(seed=12)))["outputs"]["2"]["hunyuancustom"][0]
+    assert "billed_again" not in first  # the first payment for this request
     entry = comfy.wait(comfy.queue(graph(seed=12, force_new=True)))
     assert entry["outputs"]["2"]["hunyuancustom"][0]["source"] == "new"
     assert entry["outputs"]["2"]["hunyuancustom"][0]["billed"] is True
+    # The node's line says "billed again": this request already had a paid, saved result.
+    assert entry["outputs"]["2"]["hunyuancustom"][0]["billed_again"] is True
     assert api.stats()["submits"] == 2
     comfy.wait(comfy.queue(graph(seed=12, force_new=True)))  # ComfyUI's cache does not hold it back
     assert api.stats()["submits"] == 3
@@ -362,6 +365,10 @@ def test_live_status_reaches_the_front_end_and_ends_with_the_result(comfy, api):
     kind, events, executed = asyncio.run(asyncio.wait_for(run(), 120))
     assert kind == "execution_success"
     assert {e["node"] for e in events} == {"2"}
+    # Each event names the task once one is known (what the front end's Cancel line names).
+    task_id = executed["hunyuancustom"][0]["task_id"]
+    named = [e["task_id"] for e in events]
+    assert named[0] is None and set(named[named.index(task_id):]) == {task_id}, events
     assert progress_texts == []
     texts = [e["text"] for e in events]
     assert texts[0].startswith("Uploading") and texts[-1].startswith("Done")
@@ -447,3 +454,70 @@ def test_frames_are_decoded_only_when_used_and_the_line_says_billed_or_free(comf
     # Frames disconnected again: nothing is decoded.
     texts, entry = run_watching(comfy, frames_graph(61, frames=False))
     assert "Decoding frames" not in texts and api.requests == []
+
+
+# --- one saved video per run ----------------------------------------------------------------------
+
+
+def saved_mp4s(comfy) -> list[Path]:
+    return sorted(p.relative_to(comfy.output_dir) for p in comfy.output_dir.rglob("*.mp4"))
+
+
+def previews(entry) -> list[dict]:
+    """Every video preview the run shows: each output node's saved/preview files."""
+    return [f for out in entry["outputs"].values() for f in out.get("images", [])
+            if f["filename"].endswith(".mp4")]
+
+
+@pytest.mark.parametrize(("name", "videos"), [("HunyuanCustom Ref2V (Cloud).json", 1),
+                                              ("HunyuanCustom Ref2V Batch (Cloud).json", 3),
+                                              ("HunyuanCustom Virtual Try-On (Cloud).json", 1)])
+def test_a_run_of_the_example_workflow_saves_each_video_once_and_shows_it_once(comfy, api, name,
+                                                                               videos):
+    """The node's own copy is the output (README "Where the videos go"): no Save Video in the
+    examples, so one MP4 per video in the output folder and one preview of it."""
+    from workflow_check import graph_to_prompt
+
+    api.set_scenario(Scenario(api_key=SECRET, processing_polls=0, distinct_videos=True))
+    clear_output_folder(comfy)
+    wf = json.loads((REPO / "example_workflows" / name).read_text())
+    prompt = graph_to_prompt(wf, comfy.object_info())
+    entry = comfy.wait(comfy.queue(prompt), timeout=180)
+    files = saved_mp4s(comfy)
+    assert len(files) == videos and all(f.parts[0] == "hunyuancustom" for f in files), files
+    shown = previews(entry)
+    assert sorted(Path(f["subfolder"], f["filename"]) for f in shown) == files
+    assert all(f["type"] == "output" for f in shown)
+    assert api.stats()["submits"] == videos
+
+
+def test_the_saved_video_is_served_again_only_while_its_size_and_sha256_match(comfy, api):
+    """The one saved MP4 is also the journal's: unchanged it is served free after a ComfyUI
+    restart; replaced by other bytes it is fetched again from its task (no new submit), and
+    written beside it, never over the file now there."""
+    api.set_scenario(Scenario(api_key=SECRET, processing_polls=0, distinct_videos=True))
+    clear_output_folder(comfy)
+    g = graph(seed=71)
+    del g["3"]  # the example workflow's shape: the node alone saves
+    first = comfy.wait(comfy.queue(g))["outputs"]["2"]
+    task_id = first["hunyuancustom"][0]["task_id"]
+    (saved,) = saved_mp4s(comfy)
+    comfy.stop()
+    comfy.start()  # ComfyUI's own cache is gone: only the journal can serve it
+    before = len(api.requests)
+    again = comfy.wait(comfy.queue(g))["outputs"]["2"]
+    assert api.requests[before:] == [] and again["hunyuancustom"][0]["source"] == "cache"
+    assert saved_mp4s(comfy) == [saved]  # served where it is: no copy
+
+    other = b"not this task's video" * 100
+    (comfy.output_dir / saved).write_bytes(other)
+    comfy.stop()
+    comfy.start()
+    again = comfy.wait(comfy.queue(g))["outputs"]["2"]
+    info = again["hunyuancustom"][0]
+    assert info["source"] == "resumed" and info.get("refetched") is True
+    assert info["task_id"] == task_id and api.stats()["submits"] == 1  # the first run's only
+    assert (comfy.output_dir / saved).read_bytes() == other  # the file put there is kept
+    (shown,) = previews({"outputs": {"2": again}})
+    fetched = comfy.output_dir / shown["subfolder"] / shown["filename"]
+    assert fetched.read_bytes() == api.task_video(task_id).read_bytes()

@@ -128,3 +128,15 @@ def test_local_examples_carry_download_metadata_for_every_safetensors_file(path)
         listed += len(models)
     # VAE, clip_l + llava_llama3_fp8_scaled, llava_llama3_vision; the transformer is a released .pt
     assert listed == 4
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if "(Cloud)" in p.stem], ids=lambda p: p.stem)
+def test_cloud_examples_save_each_video_once(path):
+    # The cloud node saves its video in the output folder itself (the copy the journal serves
+    # again): a Save Video after it would save each video a second time and show a second preview.
+    wf = json.loads(path.read_text())
+    types = [n["type"] for n in wf["nodes"]]
+    assert sum(t.startswith("HunyuanCustomCloud") for t in types) == 1
+    assert not {"SaveVideo", "PreviewVideo", "SaveWEBM", "SaveAnimatedWEBP"} & set(types), types
+    note = next(n for n in wf["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+    assert "no *Save Video* needed" in note

@@ -107,6 +107,7 @@ def test_a_deleted_saved_video_is_fetched_again_from_its_task_without_a_submit(a
     again = run(api, image, tmp_path / "a.mp4", journal, reporter=reporter)
     assert api.stats()["submits"] == 1 and api.stats()["downloads"] == 2
     assert again.prediction.id == first.prediction.id and again.extra["source"] == "resumed"
+    assert again.extra["refetched"] is True and "billed_again" not in again.extra
     assert is_video_of(api, tmp_path / "a.mp4", first.prediction.id)
     assert any(s.startswith(f"Fetching the video of task {first.prediction.id} again")
                and "not billed again" in s for s in reporter.statuses)
@@ -130,6 +131,8 @@ def test_when_the_api_no_longer_knows_the_task_the_run_says_so_and_only_a_rerun_
     assert journal.get(first.prediction.id).status == "expired"
     again = run(api, image, tmp_path / "a.mp4", journal)  # the user asks again: a new, billed task
     assert again.extra["source"] == "new" and again.prediction.id != first.prediction.id
+    assert again.extra["billed_again"] is True  # what the node's line says
+    assert "billed_again" not in first.extra
     assert is_video_of(api, tmp_path / "a.mp4", again.prediction.id)
     assert api.stats()["submits"] == 1
 

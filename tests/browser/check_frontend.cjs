@@ -87,8 +87,21 @@ async function main() {
       cfg.workflows[cfg.cloudWorkflow]);
     report.missingNodesDialog = Object.values(report.workflows).filter((w) => w.dialog).length;
 
-    await checkTemplates(page);
-    await checkKey(page, bodies);
+    // A front end whose template browser this script cannot drive fails only the template test.
+    await checkTemplates(page).catch(async (e) => {
+      report.templates = { error: String(e && e.message || e) };
+      await page.keyboard.press("Escape");
+    });
+    // A front end whose settings dialog this script cannot drive fails only the key test; the key
+    // is then set through the pack's own route, as its setting does, so the run checks still run.
+    await checkKey(page, bodies).catch(async (e) => {
+      report.key.error = String(e && e.message || e);
+      await page.keyboard.press("Escape");
+      await page.evaluate(async (key) => {
+        await window.comfyAPI.api.api.fetchApi("/hunyuancustom/key", { method: "POST",
+          headers: { "Content-Type": "application/json" }, body: JSON.stringify({ key }) });
+      }, cfg.secret);
+    });
     await runCloud(page, context);
     await runInSubgraph(page);
   } catch (e) {
@@ -261,7 +274,7 @@ function installViewProbe() {
   const shown = (el) => el.checkVisibility({ checkOpacity: true, checkVisibilityCSS: true })
     && el.getBoundingClientRect().width > 0 && el.getBoundingClientRect().height > 0;
   // The reporter's phrases (hunyuancustom/ref2v.py) and the result line's first words.
-  const STATUS = /\b(Uploading|Submitting|Queued|Processing|Completed|Downloading|Decoding|Done|Cached)\b|\b(billed|free) ·/;
+  const STATUS = /\b(Uploading|Submitting|Queued|Processing|Completed|Downloading|Decoding|Done|Cached)\b|\b(billed|free|cancelled) ·/;
   window.__hcView = {
     cloudNode,
     statusTexts() {
@@ -319,6 +332,7 @@ async function runCloud(page, context) {
   await twoFrames(page);
   report.run.before = { panel: await page.evaluate(() => window.__hcView.panel()),
     texts: await page.evaluate(() => window.__hcView.statusTexts()) };
+  report.cost = await readCost(page);
   await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-before.png") });
   // The layout at every frame from here until the video has arrived (changes only).
   await page.evaluate(() => {
@@ -389,22 +403,7 @@ async function runCloud(page, context) {
   await page.screenshot({ path: cfg.screenshot });
   step("screenshot");
 
-  // Cancel while the job waits: the status line goes away.
-  await page.evaluate(() => {
-    const node = window.app.graph.nodes.find((n) => n.type.startsWith("HunyuanCustomCloud"));
-    node.widgets.find((w) => w.name === "force_new").value = true; // a new task, not the cache
-  });
-  await page.evaluate(() => window.app.queuePrompt(0, 1));
-  await page.waitForFunction(() => {
-    const el = document.querySelector(".hunyuancustom-status");
-    return el && !el.hidden && /Processing|Queued/.test(el.textContent);
-  }, null, { timeout: 60000 });
-  report.cancel = { statusBefore: await page.locator(".hunyuancustom-status").textContent() };
-  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.Interrupt"));
-  const after = await waitForHistory(page, 3);
-  report.cancel.events = after.entries.map((e) => e.map((m) => m[0]));
-  report.cancel.statusHidden = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
-  step("cancel");
+  await runBillingLines(page);
 
   // A task the provider fails: the status line shows while it runs, then goes away with the error.
   await page.evaluate((marker) => {
@@ -418,10 +417,79 @@ async function runCloud(page, context) {
     return el && !el.hidden && /Processing|Queued/.test(el.textContent);
   }, null, { timeout: 60000 });
   report.failure = { statusBefore: await page.locator(".hunyuancustom-status").textContent() };
-  const failed = await waitForHistory(page, 4);
+  const failed = await waitForHistory(page, 7);
   report.failure.events = failed.entries.map((e) => e.map((m) => m[0]));
   report.failure.statusHidden = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
   step("failure");
+}
+
+// What the node says a run costs before it runs: the line in its panel and the badge in its title
+// bar (the front end's own badge class, as core's API nodes show their price).
+async function readCost(page) {
+  return page.evaluate(() => {
+    const read = (node) => {
+      const el = node.widgets.find((w) => w.name === "hunyuancustom_panel").element.querySelector(".hunyuancustom-cost");
+      const badges = (node.badges || []).map((b) => (typeof b === "function" ? b() : b)).filter(Boolean);
+      return { line: el && !el.hidden ? el.textContent.trim() : null, shown: Boolean(el?.checkVisibility()),
+        badges: badges.map((b) => b.text).filter(Boolean),
+        badgeClass: badges.map((b) => b.constructor?.name) };
+    };
+    const batch = window.LiteGraph.createNode("HunyuanCustomCloudBatch720p");
+    window.app.graph.add(batch);
+    const out = { single: read(window.__hcView.cloudNode()), batch: read(batch) };
+    window.app.graph.remove(batch);
+    return out;
+  });
+}
+
+// The line under the result after each kind of run, as the user sees it: Cancel while the
+// provider runs the task, re-queue (resumed), the saved file gone (fetched again), force_new over a
+// paid result (billed again).
+async function runBillingLines(page) {
+  const infoText = () => page.evaluate(() => {
+    const el = document.querySelector(".hunyuancustom-info");
+    return el && !el.hidden ? el.querySelector(".hunyuancustom-info-text").textContent : null;
+  });
+  const setWidget = (name, value) => page.evaluate(([n, v]) => {
+    window.__hcView.cloudNode().widgets.find((w) => w.name === n).value = v;
+  }, [name, value]);
+  // A request not seen yet (another fixed seed): a new task, which Cancel stops waiting for.
+  await setWidget("seed", 2024);
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  await page.waitForFunction(() => {
+    const el = document.querySelector(".hunyuancustom-status");
+    return el && !el.hidden && /Processing|Queued/.test(el.textContent);
+  }, null, { timeout: 60000 });
+  report.cancel = { statusBefore: await page.locator(".hunyuancustom-status").textContent() };
+  await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.Interrupt"));
+  const after = await waitForHistory(page, 3);
+  report.cancel.events = after.entries.map((e) => e.map((m) => m[0]));
+  report.cancel.statusHidden = await page.evaluate(() => document.querySelector(".hunyuancustom-status").hidden);
+  report.cancel.info = await infoText();
+  step("cancel");
+
+  // The same inputs again: the journal resumes the cancelled task.
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  const resumed = await waitForHistory(page, 4);
+  report.resumed = { info: await infoText(), output: resumed.last?.["2"]?.images?.[0] ?? null };
+  step("resumed");
+
+  // Its saved video deleted; the node runs again (image_index 0 is the same single image, so the
+  // same request): the video is fetched again from its task.
+  const saved = report.resumed.output;
+  if (saved) fs.rmSync(`${cfg.outputDir}/${saved.subfolder}/${saved.filename}`, { force: true });
+  await setWidget("image_index", 0);
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  await waitForHistory(page, 5);
+  report.refetched = { info: await infoText() };
+  step("refetched");
+
+  // force_new over a request already paid for: a new task, billed again.
+  await setWidget("force_new", true);
+  await page.evaluate(() => window.app.queuePrompt(0, 1));
+  await waitForHistory(page, 6);
+  report.billedAgain = { info: await infoText() };
+  step("billed again");
 }
 
 // The cloud node inside a subgraph: its execution id is "outer:inner", and the status line and
@@ -448,7 +516,7 @@ async function runInSubgraph(page) {
     return { outerId: outer?.id ?? null, innerId: inner?.id ?? null, hasPanel: Boolean(panel) };
   });
   await page.evaluate(() => window.app.queuePrompt(0, 1));
-  const done = await waitForHistory(page, 5);
+  const done = await waitForHistory(page, 8);
   report.subgraph.events = done.entries.map((e) => e.map((m) => m[0]));
   Object.assign(report.subgraph, await page.evaluate(() => {
     const panel = window.__hcInner?.widgets?.find((w) => w.name === "hunyuancustom_panel")?.element;
@@ -467,9 +535,11 @@ async function waitForHistory(page, count) {
   const read = () => page.evaluate(async () => {
     const q = await (await fetch("api/queue")).json();
     const h = await (await fetch("api/history")).json();
+    const all = Object.values(h);
     return { idle: q.queue_running.length === 0 && q.queue_pending.length === 0,
-      entries: Object.values(h).map((e) => (e.status?.messages || [])),
-      inputs: Object.values(h).map((e) => e.prompt?.[2]) };
+      entries: all.map((e) => (e.status?.messages || [])),
+      inputs: all.map((e) => e.prompt?.[2]),
+      last: all.length ? all.reduce((a, b) => ((a.prompt?.[0] ?? 0) >= (b.prompt?.[0] ?? 0) ? a : b)).outputs : null };
   });
   const deadline = Date.now() + 120000;
   let h = await read();
