@@ -10,12 +10,15 @@ Real loopback API server (scripted), real SQLite journal, the CLI as a subproces
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
 
 import pytest
-from test_cli import cli
+from test_cli import REPO, cli
 
 from conftest import RecordingReporter
 from hunyuancustom.client import MAX_ANSWER_BYTES, ClientOptions, WaveSpeedClient
@@ -271,22 +274,31 @@ def _raw_controls(text: str) -> list[str]:
     return [c for c in text if c in "\x1b\r\x07\x9b"]
 
 
+def cli_raw(*args, key=KEY):
+    """`cli`, its output as the terminal would get it (text mode would turn a raw CR into LF)."""
+    proc = subprocess.run([sys.executable, "-m", "hunyuancustom", *map(str, args)],
+                          env={**{k: v for k, v in os.environ.items() if not k.startswith("WAVESPEED_")},
+                               "PYTHONPATH": str(REPO), "WAVESPEED_API_KEY": key},
+                          capture_output=True, timeout=120)
+    return proc.returncode, (proc.stdout + proc.stderr).decode("utf-8", "replace")
+
+
 def test_the_cli_prints_provider_text_and_task_ids_escaped(keyed, tmp_path):
     keyed.set_scenario(fail_error=f"boom{OSC52}{REWRITE}", created_polls=0, processing_polls=0)
-    proc = cli("ref2v", "--image", "https://cdn.example.test/ref.png", "--prompt", "x", "--seed", 3,
-               "-o", tmp_path / "a.mp4", "--api-base", keyed.base_url, key=KEY)
-    assert proc.returncode == 1 and "boom\\x1b]52;c;" in proc.stderr
-    assert not _raw_controls(proc.stdout + proc.stderr)
+    rc, out = cli_raw("ref2v", "--image", "https://cdn.example.test/ref.png", "--prompt", "x",
+                      "--seed", 3, "-o", tmp_path / "a.mp4", "--api-base", keyed.base_url)
+    assert rc == 1 and "boom\\x1b]52;c;" in out and "\\r\\x1b[2KDone" in out
+    assert not _raw_controls(out)
     # A task id and a message as a hostile provider could record them (the id comes from it too).
     with Journal.open_default() as j:
         row_id = j.list()[0].id
         j.update(row_id, task_id=f"t{OSC52}{REWRITE}", error=f"e{OSC52}")
     for args in (("jobs",), ("jobs", "show", str(row_id)), ("jobs", "show", f"t{OSC52}{REWRITE}"),
                  ("jobs", "--json")):
-        out = cli(*args, key=KEY)
-        assert out.returncode in (0, 2), out.stderr
-        assert not _raw_controls(out.stdout + out.stderr), args
-    assert "\\x1b]52" in cli("jobs", key=KEY).stdout
+        rc, out = cli_raw(*args)
+        assert rc == 0, out
+        assert not _raw_controls(out), args
+    assert "t\\x1b]52" in cli_raw("jobs")[1]
 
 
 def test_the_status_line_escapes_provider_text():
