@@ -447,3 +447,15 @@ def test_frames_are_decoded_only_when_used_and_the_line_says_billed_or_free(comf
     # Frames disconnected again: nothing is decoded.
     texts, entry = run_watching(comfy, frames_graph(61, frames=False))
     assert "Decoding frames" not in texts and api.requests == []
+
+
+def test_a_key_echoed_by_the_provider_reaches_neither_history_nor_logs(comfy, api):
+    # Issue 17, item 5: a 403 that quotes the Bearer header back is redacted where it enters.
+    api.set_scenario(Scenario(api_key=SECRET, submit_responses=[{"status": 403, "body": {
+        "code": 403, "message": f"Forbidden for Bearer {SECRET}", "data": None}}]))
+    entry = comfy.wait(comfy.queue(graph(seed=4711)), raise_on_error=False)
+    err = execution_error(entry)
+    assert "Forbidden for Bearer ***" in err["exception_message"]
+    assert SECRET not in json.dumps(entry)
+    assert SECRET not in comfy.log_text()
+    assert SECRET not in json.dumps(comfy._request("GET", "/internal/logs"))
