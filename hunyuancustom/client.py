@@ -12,6 +12,11 @@ and none outlasts the job's deadline (setting timeout_s) when the client is give
 
 The key goes only to the server of the root it was set for (`config.same_server`), and the
 session takes nothing from `~/.netrc`: requests would add those credentials to a redirect.
+
+Answers are a stranger's text (`_request`, the one place they are read): at most
+MAX_ANSWER_BYTES decoded, whole within the request's read time, read in the worker that stops
+when the job does, the key redacted from them before anything else sees them. While the API
+root is public, no request goes to an internal address (`_AddressGuard`, every redirect hop).
 """
 
 from __future__ import annotations
