@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from .config import how_to_set_key
 from .errors import ApiError, ConfigError, HunyuanCustomError, ValidationError
 from .params import CLOUD_MODELS, REF2V_720P, Param, model_for
 from .progress import StderrReporter
+from .terminal import safe
 
 
 def _flag(p: Param) -> str:
@@ -140,8 +142,9 @@ def _settings(args: argparse.Namespace):
     if args.api_base:
         settings = replace(settings, api_base=args.api_base.rstrip("/"))
     if args.timeout is not None:
-        if not args.timeout > 0:
-            raise ValidationError("timeout", f"must be a positive number of seconds, got {args.timeout}")
+        if not (math.isfinite(args.timeout) and args.timeout > 0):  # inf would be no deadline
+            raise ValidationError("timeout", f"must be a finite number of seconds above 0, got "
+                                             f"{args.timeout}")
         settings = replace(settings, timeout_s=args.timeout)
     return settings
 
@@ -186,11 +189,11 @@ def cmd_ref2v(args: argparse.Namespace, reporter: StderrReporter) -> int:
                            force_new=args.force_new)
     reporter.finish()
     if "journal_warning" in result.extra:
-        print(f"warning: {result.extra['journal_warning']}", file=sys.stderr)
+        print(f"warning: {safe(result.extra['journal_warning'])}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.info(), indent=2))
     else:
-        print(result.video_path)
+        print(safe(result.video_path))
     return 0
 
 
@@ -285,14 +288,15 @@ def cmd_batch(args: argparse.Namespace, reporter: StderrReporter) -> int:
     else:
         for o in result.outcomes:
             if o.ok:
-                print(f"{o.label}\tdone\t{o.source}\t{o.result.prediction.id}\t{o.result.video_path}")
+                print(f"{o.label}\tdone\t{o.source}\t{safe(o.result.prediction.id)}\t"
+                      f"{safe(o.result.video_path)}")
             else:
-                print(f"{o.label}\tfailed\t{o.error}")
+                print(f"{o.label}\tfailed\t{safe(o.error)}")
     resumed = " (resumed)" if result.resumed else ""
     print(f"batch {result.batch_id}{resumed}: {summary['done']} of {summary['jobs']} done, "
           f"{summary['failed']} failed, {summary['elapsed_s']:.1f} s", file=sys.stderr)
     if "journal_warning" in result.extra:
-        print(f"warning: {result.extra['journal_warning']}", file=sys.stderr)
+        print(f"warning: {safe(result.extra['journal_warning'])}", file=sys.stderr)
     return 0 if result.all_ok else 1
 
 
@@ -339,8 +343,8 @@ def cmd_jobs(args: argparse.Namespace, reporter: StderrReporter) -> int:
     print(f"{'id':>5}  {'status':<10}  {'created':<19}  {'inference':>9}  {'task':<32}  output")
     for r in rows:
         inference = f"{r.inference_ms / 1000:.1f} s" if r.inference_ms else "-"
-        print(f"{r.id:>5}  {r.status:<10}  {_local(r.created_at):<19}  {inference:>9}  "
-              f"{r.task_id or '-':<32}  {r.output_path or r.error or '-'}")
+        print(f"{r.id:>5}  {safe(r.status):<10}  {_local(r.created_at):<19}  {inference:>9}  "
+              f"{safe(r.task_id or '-'):<32}  {safe(r.output_path or r.error or '-')}")
     return 0
 
 
@@ -362,7 +366,8 @@ def cmd_jobs_abandon(args: argparse.Namespace, reporter: StderrReporter) -> int:
                                         "stop that run first")
         journal.update(row.id, status=ABANDONED)
     if row.status in PENDING:  # e.g. pending at a root whose key the user no longer has
-        print(f"job {row.id} abandoned: task {row.task_id} at {row.api_base or 'its API root'} is "
+        print(f"job {row.id} abandoned: task {safe(row.task_id)} at "
+              f"{safe(row.api_base or 'its API root')} is "
               "no longer waited for; the next identical request is submitted anew (and paid "
               "again)", file=sys.stderr)
     else:
@@ -400,7 +405,7 @@ def cmd_jobs_show(args: argparse.Namespace, reporter: StderrReporter) -> int:
     for k, v in summary.items():
         if k == "request":
             v = json.dumps(v)
-        print(f"{k:>13}: {'-' if v is None else v}")
+        print(f"{k:>13}: {'-' if v is None else safe(v)}")
     return 0
 
 
@@ -412,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, reporter)
     except ValidationError as e:
         reporter.finish()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {safe(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         reporter.finish()
@@ -420,17 +425,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except ConfigError as e:
         reporter.finish()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {safe(e)}", file=sys.stderr)
         return 2
     except (ApiError, HunyuanCustomError) as e:
         reporter.finish()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {safe(e)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `... | head`
         return 0
     except OSError as e:  # a file the user named could not be read or written
         reporter.finish()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {safe(e)}", file=sys.stderr)
         return 1
 
 

@@ -12,14 +12,21 @@ and none outlasts the job's deadline (setting timeout_s) when the client is give
 
 The key goes only to the server of the root it was set for (`config.same_server`), and the
 session takes nothing from `~/.netrc`: requests would add those credentials to a redirect.
+
+Answers are a stranger's text (`_request`, the one place they are read): at most
+MAX_ANSWER_BYTES decoded, whole within the request's read time, read in the worker that stops
+when the job does, the key redacted from them before anything else sees them. While the API
+root is public, no request goes to an internal address (`_AddressGuard`, every redirect hop).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -35,10 +42,12 @@ from .errors import (
     UNCERTAIN_ADVICE,
     ApiError,
     AuthError,
+    DownloadError,
     ForbiddenError,
     InsufficientBalanceError,
     KeyRootError,
     MalformedResponseError,
+    PrivateAddressError,
     RateLimitError,
     ServerError,
     SubmitUncertainError,
@@ -47,7 +56,7 @@ from .errors import (
     TaskTimeoutError,
 )
 from .prediction import PENDING, TERMINAL_FAILED, Prediction, parse_envelope, parse_prediction
-from .progress import Deadline, NullReporter, Reporter, run_cancellable, sleep
+from .progress import CancelEvent, Deadline, NullReporter, Reporter, run_cancellable, sleep
 
 
 @dataclass(frozen=True)
@@ -167,7 +176,7 @@ def _retry_after(resp: requests.Response) -> float | None:
 def _message(resp: requests.Response) -> str:
     """The provider's own message for an error answer, short, or the HTTP reason."""
     try:
-        payload = resp.json()
+        payload = _payload(resp)
         if isinstance(payload, dict):
             data = payload.get("data")
             # Any JSON may come back in an error answer: read only strings, never assume shapes.
@@ -183,7 +192,7 @@ def _envelope_code(resp: requests.Response) -> int | None:
     """The `code` of the API's own `{code, message, data}` JSON answer; None for anything else
     (a proxy's or a wrong host's page)."""
     try:
-        payload = resp.json()
+        payload = _payload(resp)
     except ValueError:
         return None
     code = payload.get("code") if isinstance(payload, dict) else None
@@ -233,6 +242,155 @@ def _clear_refusal(e: ApiError) -> bool:
     return isinstance(e, _REFUSAL_TYPES) or e.status in _REFUSALS
 
 
+# --- reading an answer: bounded, redacted, parsed once -------------------------------------------
+
+# Far above any answer the API gives (a poll answer is about 1 KB), low enough that an endless
+# answer or a compressed one that inflates to gigabytes is refused after a few MB of memory.
+MAX_ANSWER_BYTES = 4 << 20
+# Small reads: the cap is checked after each, on the decoded (inflated) size.
+_READ_CHUNK = 16 << 10
+_NOT_JSON = object()
+
+
+class _AnswerTimeout(requests.ReadTimeout):
+    """The whole answer did not arrive within the request's time (a trickling answer resets the
+    socket's own read timeout with every byte)."""
+
+
+class _Stopped(Exception):
+    """The job ended (Cancel, deadline) while its answer was being read."""
+
+
+def _shut_socket(resp: requests.Response) -> None:
+    try:
+        resp.raw.shutdown()  # urllib3 >= 2.3: ends a blocked read from another thread
+    except (AttributeError, ValueError, RuntimeError, OSError):
+        pass  # older urllib3, or already closed: the read ends at its own timeout
+
+
+def _read_answer(resp: requests.Response, cancel: CancelEvent, limit: int) -> bytes:
+    """The body, decoded (gzip...), at most `limit` bytes; stops when `cancel` is set (the job
+    ended), so no reading thread outlives its job."""
+    cancel.on_set(lambda: _shut_socket(resp))
+    parts, got = [], 0
+    try:
+        for chunk in resp.iter_content(_READ_CHUNK):
+            if cancel.is_set():
+                raise _Stopped()
+            got += len(chunk)
+            if got > limit:
+                raise MalformedResponseError(
+                    f"The API's answer (HTTP {resp.status_code}) is larger than {limit} bytes; "
+                    "stopped reading it. Answers of this API are a few KB: something between "
+                    "here and the API is broken.", status=resp.status_code)
+            parts.append(chunk)
+    finally:
+        resp.close()
+    return b"".join(parts)
+
+
+def _parse_json(body: bytes) -> Any:
+    """The JSON of a body, or _NOT_JSON (not JSON, or nested too deeply to parse)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _redacted_answer(resp: requests.Response, body: bytes, key: ApiKey) -> None:
+    """The one place provider text enters the pack: the key (and so its `Bearer` form) is
+    replaced in the body, its JSON strings and the reason phrase before anything stores, prints
+    or raises them. The parsed JSON is kept on the response (`_payload`)."""
+    secret = key.reveal()
+    body = body.replace(secret.encode(), b"***")
+    payload = _parse_json(body)
+    if payload is not _NOT_JSON:
+        # JSON may spell the key with escapes (\u0041...): compare its decoded strings.
+        try:
+            text = json.dumps(payload)
+            escaped = json.dumps(secret)[1:-1]
+            if escaped in text:
+                payload = _parse_json(text.replace(escaped, "***").encode())
+                body = text.replace(escaped, "***").encode()
+        except (ValueError, RecursionError):
+            payload = _NOT_JSON
+    if resp.reason:
+        resp.reason = key.redact(resp.reason)
+    resp._content = body
+    resp._content_consumed = True
+    resp._hc_payload = payload
+
+
+def _payload(resp: requests.Response) -> Any:
+    """The answer's JSON (parsed once, when read); ValueError when it is not JSON."""
+    payload = getattr(resp, "_hc_payload", None)
+    if payload is None:
+        payload = resp._hc_payload = _parse_json(resp.content or b"")
+    if payload is _NOT_JSON:
+        raise ValueError("not JSON")
+    return payload
+
+
+# --- where outputs may be fetched from ------------------------------------------------------------
+
+
+def _addresses(host: str) -> list:
+    """The IP addresses a host name stands for (the literal itself for an address); empty when
+    it cannot be resolved here (the connection, or a proxy, then decides)."""
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError, ValueError):
+        return []
+    out = []
+    for info in infos:
+        try:
+            out.append(ipaddress.ip_address(info[4][0].split("%")[0]))
+        except ValueError:
+            continue
+    return out
+
+
+def _internal(ip) -> bool:
+    """Loopback, private, link-local, shared, reserved, multicast...: not a public address."""
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+class _AddressGuard(requests.adapters.HTTPAdapter):
+    """Checks every request, each redirect hop included, before it is sent: while the API root is
+    public, no URL the API hands out (an output, a redirect) may reach this machine's own or
+    its network's internal addresses."""
+
+    def __init__(self, client: WaveSpeedClient):
+        super().__init__()
+        self._client = client
+
+    def send(self, request, *args, **kwargs):
+        self._client._check_address(request.url)
+        return super().send(request, *args, **kwargs)
+
+
+def _check_output_url(url: str) -> None:
+    """A clear error for an output URL that cannot be fetched at all (a host name too long...)."""
+    try:
+        parts = urllib3.util.parse_url(url)
+        host = parts.host or ""
+    except (urllib3.exceptions.LocationParseError, ValueError) as e:
+        raise DownloadError(f"The API gave an output URL that is not a valid URL ({_short(url)}): "
+                            f"{str(e)[-120:]}") from None
+    if not host:
+        raise DownloadError(f"The API gave an output URL with no host: {_short(url)}")
+
+
+def _short(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
 class WaveSpeedClient:
     def __init__(
         self,
@@ -259,6 +417,11 @@ class WaveSpeedClient:
         sleep_fn = options.sleep_fn
         self.session = _Session()
         self.session.auth = _BearerAuth(api_key, self.key_root)
+        guard = _AddressGuard(self)
+        self.session.mount("http://", guard)
+        self.session.mount("https://", guard)
+        self._api_key = api_key  # only to redact it from what the provider answers
+        self._root_internal: bool | None = None  # whether the API root is itself internal
         self.session.headers["User-Agent"] = f"ComfyUI-HunyuanCustom/{__version__}"
         # The default sleeps in short ticks, honours Cancel and calls on_tick about once a second.
         self._sleep = sleep_fn or (lambda s, on_tick=None: sleep(s, self.reporter, on_tick))
@@ -299,6 +462,15 @@ class WaveSpeedClient:
             raise self._timed_out(doing, task_id)
         self._sleep(seconds, on_tick)
 
+    def _request(self, cancel: CancelEvent, method: str, url: str, timeout: tuple,
+                 kwargs: dict) -> requests.Response:
+        """One request and its whole answer, read in this (worker) thread: bounded in size
+        (MAX_ANSWER_BYTES, decoded), ended when the job ends, the key redacted from it."""
+        resp = self.session.request(method, url, timeout=timeout, stream=True, **kwargs)
+        body = _read_answer(resp, cancel, MAX_ANSWER_BYTES)
+        _redacted_answer(resp, body, self._api_key)
+        return resp
+
     def _send(self, method: str, url: str, *, idempotent: bool, read_timeout: float | None = None,
               task_id: str | None = None, **kwargs) -> requests.Response:
         if not same_server(url, self.key_root):  # checked again by the auth hook
@@ -310,27 +482,42 @@ class WaveSpeedClient:
         while True:
             self.reporter.check_interrupt()
             connect_s, read_s = self.timeouts.connect_s, read_timeout or self.timeouts.read_s
-            deadline = None
+            # The whole answer, not only each socket read, must come within read_s: an answer
+            # trickling a byte at a time would otherwise hold a submit for ever.
+            limit = Deadline.after(read_s)
+            job_over = None
             if self.deadline is not None:
                 if self.deadline.left() <= 0:
                     raise self._timed_out(doing, task_id)
                 connect_s = self.deadline.bound(connect_s)
                 # A submit on its way keeps its full read time: cutting it would lose a task id.
                 if idempotent:
-                    read_s, deadline = self.deadline.bound(read_s), self.deadline
+                    read_s = self.deadline.bound(read_s)
+                    if self.deadline.at < limit.at:
+                        limit, job_over = self.deadline, self.deadline
             try:
                 self.requests_made += 1
                 if not idempotent:
                     self.submit_in_doubt = True
                 resp = run_cancellable(
-                    lambda _cancel, t=(connect_s, read_s): self.session.request(
-                        method, url, timeout=t, **kwargs),
-                    self.reporter, deadline=deadline,
-                    on_deadline=lambda: self._timed_out(doing, task_id),
+                    lambda cancel, t=(connect_s, read_s): self._request(cancel, method, url, t, kwargs),
+                    self.reporter, deadline=limit,
+                    on_deadline=lambda job_over=job_over, r=read_s: (
+                        self._timed_out(doing, task_id) if job_over is not None
+                        else _AnswerTimeout(f"no full answer within {r:g} s")),
                 )
+            except MalformedResponseError as e:  # over the size cap
+                if not idempotent:
+                    raise SubmitUncertainError(f"{e} The submit was sent; " + UNCERTAIN_ADVICE,
+                                               status=e.status) from None
+                raise
             except requests.RequestException as e:
                 kind = type(e).__name__
                 if not idempotent:
+                    if isinstance(e, _AnswerTimeout):
+                        raise SubmitUncertainError(
+                            f"The API's answer to the submit did not arrive in full within "
+                            f"{read_s:g} s (ReadTimeout); " + UNCERTAIN_ADVICE) from None
                     if not _never_sent(e):
                         raise SubmitUncertainError(
                             f"The connection failed after the request was sent ({kind}); "
@@ -397,7 +584,7 @@ class WaveSpeedClient:
         if status >= 400:
             raise ApiError(f"The API refused the request: {_message(resp)}", status=status)
         try:
-            payload = resp.json()
+            payload = _payload(resp)
         except ValueError:
             ctype = resp.headers.get("Content-Type", "?")
             snippet = resp.text[:80].replace("\n", " ")
@@ -471,10 +658,44 @@ class WaveSpeedClient:
 
     def download(self, url: str, dest, *, max_bytes: int, task_id: str | None = None):
         """Stream an output to `dest` atomically (see download.py); return its VideoInfo."""
-        return download_video(self.session, url, dest, max_bytes=max_bytes, reporter=self.reporter,
-                              task_id=task_id, backoff=self.retry.backoff, sleep_fn=self._sleep,
-                              timeout=(self.timeouts.connect_s, max(60.0, self.timeouts.read_s)),
-                              deadline=self.deadline)
+        try:
+            _check_output_url(url)
+            return download_video(self.session, url, dest, max_bytes=max_bytes,
+                                  reporter=self.reporter, task_id=task_id,
+                                  backoff=self.retry.backoff, sleep_fn=self._sleep,
+                                  timeout=(self.timeouts.connect_s, max(60.0, self.timeouts.read_s)),
+                                  deadline=self.deadline)
+        except (urllib3.exceptions.LocationParseError, requests.exceptions.InvalidURL,
+                requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as e:
+            # A redirect hop to an address that is not a URL (a host name too long...).
+            raise DownloadError(f"The output URL led to an address that is not a valid URL: "
+                                f"{_short(str(e))}", task_id=task_id) from None
+        except DownloadError as e:
+            if e.task_id or not task_id:
+                raise
+            raise type(e)(str(e), status=e.status, task_id=task_id) from None
+
+    def _check_address(self, url: str) -> None:
+        """Refuse a request to an internal address while the API root is public (see
+        `_AddressGuard`): every address the host name resolves to is checked."""
+        if same_server(url, self.api_base):
+            return
+        if self._root_internal is None:
+            root_host = urllib3.util.parse_url(self.api_base).host or ""
+            self._root_internal = any(_internal(ip) for ip in _addresses(root_host))
+        if self._root_internal:  # a local or in-house API (the tests' loopback server)
+            return
+        try:
+            host = urllib3.util.parse_url(url).host or ""
+        except (urllib3.exceptions.LocationParseError, ValueError):
+            return  # requests refuses it itself
+        for ip in _addresses(host):
+            if _internal(ip):
+                raise PrivateAddressError(
+                    f"The API gave an output URL (or a redirect) to {_short(host, 80)}, an internal "
+                    f"address ({ip}: loopback, private or link-local), while the API at "
+                    f"{self.api_base} is public: not fetched, so an API answer cannot make this "
+                    "machine read its own or its network's internal services.")
 
     def wait(self, task_id: str, *, timeout_s: float,
              on_update: Callable[[Prediction, float], None] | None = None) -> Prediction:

@@ -19,6 +19,7 @@ from the environment, or a file holding only the key (written by hand), is for t
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -85,6 +86,10 @@ class ApiKey:
 
     def reveal(self) -> str:
         return self._value
+
+    def redact(self, text: str) -> str:
+        """`text` with this key (bare, or in its `Bearer <key>` form) replaced by ***."""
+        return text.replace(self._value, "***") if self._value in text else text
 
     @property
     def last4(self) -> str:
@@ -218,21 +223,46 @@ def load_settings() -> Settings:
         if isinstance(value, bool) or not isinstance(value, (want, int) if want is float else want):
             raise ConfigError(f"Settings file {path}: {name} must be a {want.__name__}")
         values[name] = want(value)
+        _check_number(name, values[name], f"Settings file {path}: ")
     env_base = os.environ.get(BASE_ENV, "").strip()
     if env_base:
         values["api_base"] = env_base
-    env_timeout = os.environ.get("HUNYUANCUSTOM_TIMEOUT", "").strip()
+    env_timeout = os.environ.get(TIMEOUT_ENV, "").strip()
     if env_timeout:
         try:
             values["timeout_s"] = float(env_timeout)
         except ValueError:
-            raise ConfigError("HUNYUANCUSTOM_TIMEOUT must be a number of seconds") from None
+            raise ConfigError(f"{TIMEOUT_ENV} must be a number of seconds; allowed: "
+                              f"{NUMBER_LIMITS['timeout_s'][1]}, got {env_timeout!r}") from None
+        _check_number("timeout_s", values["timeout_s"], f"{TIMEOUT_ENV} (setting timeout_s): ")
     settings = Settings(**values)
     if not settings.api_base.startswith(("http://", "https://")):
         raise ConfigError(f"api_base must be an http(s) URL, got {settings.api_base!r}")
-    if settings.timeout_s <= 0:
-        raise ConfigError("timeout_s must be positive")
     return Settings(**{**settings.__dict__, "api_base": settings.api_base.rstrip("/")})
+
+
+TIMEOUT_ENV = "HUNYUANCUSTOM_TIMEOUT"
+# The least each numeric setting may be, and how a message says what is allowed. Every one must
+# also be finite: NaN compares false with everything, so a NaN deadline would never pass, and
+# an infinite one is none at all.
+NUMBER_LIMITS = {
+    "timeout_s": (0.0, "a finite number of seconds above 0"),
+    "max_download_bytes": (1, "a whole number of bytes, 1 or more"),
+    "upload_max_age_s": (0.0, "a finite number of seconds, 0 or more"),
+    "concurrency": (1, "a whole number, 1 or more"),
+    "max_decoded_bytes": (1, "a whole number of bytes, 1 or more"),
+}
+
+
+def _check_number(name: str, value, where: str) -> None:
+    """Refuse a numeric setting that is not finite or is below its least value."""
+    if name not in NUMBER_LIMITS:
+        return
+    least, allowed = NUMBER_LIMITS[name]
+    finite = isinstance(value, int) or math.isfinite(value)
+    ok = finite and (value > least if name == "timeout_s" else value >= least)
+    if not ok:
+        raise ConfigError(f"{where}{name} must be {allowed}, got {value!r}")
 
 
 def key_routes_enabled() -> bool:

@@ -108,5 +108,9 @@ class DownloadError(ApiError):
     """The output could not be downloaded or is not a readable video."""
 
 
+class PrivateAddressError(DownloadError):
+    """An output URL, or a redirect, leads to an internal address while the API root is public."""
+
+
 class OutputExpiredError(DownloadError):
     """The output URL no longer serves the file (the provider keeps outputs about 7 days)."""

@@ -9,8 +9,9 @@ A small SQLite database in the pack's data folder (`jobs.sqlite3`, WAL mode). It
 - refuse to resubmit blindly after a submit whose answer was lost.
 
 Rows are identified by a fingerprint of the request: the model, the canonical JSON of the
-validated body without the image URL, and the sha256 of the image bytes (or the URL when the user
-gave one). The seed is part of it, so `seed = -1` rows identify "this request, random seed".
+validated body without the image URL, and the image's identity (`ImageInput.ref`: a node's pixels,
+a file's bytes, or the URL when the user gave one). The seed is part of it, so `seed = -1` rows
+identify "this request, random seed".
 
 Several processes may share the file (two ComfyUIs, the CLI): every read-decide-write is one
 `BEGIN IMMEDIATE` transaction, so SQLite lets one writer in at a time. A row being worked on is
@@ -500,6 +501,18 @@ class Journal:
 
     def _owner(self, now: float) -> tuple:
         return (_HOST, os.getpid(), _PROCESS_TOKEN, now)
+
+    def adopt_fingerprint(self, old: str, new: str, image_ref: str) -> int:
+        """Move the rows of `old` (a request whose image was known by other means before) to
+        `new`, so they resume and serve as before; how many moved. Reads first: no write once
+        there is nothing left to move (a read-only journal still serves saved videos)."""
+        with self._guard("be read"), self._lock:
+            if self._conn.execute("SELECT 1 FROM jobs WHERE fingerprint=? LIMIT 1",
+                                  (old,)).fetchone() is None:
+                return 0
+        with self._guard("record the job"), self._tx() as c:
+            return c.execute("UPDATE jobs SET fingerprint=?, image_ref=? WHERE fingerprint=?",
+                             (new, image_ref, old)).rowcount
 
     # --- deciding what a job does ---
 

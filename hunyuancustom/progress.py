@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, TypeVar
 
+from .terminal import safe
+
 T = TypeVar("T")
 
 TICK_S = 0.1  # how often a wait checks for Cancel
@@ -51,6 +53,7 @@ class StderrReporter:
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def status(self, text: str) -> None:
+        text = safe(text)  # may hold a provider's status or message: no raw control characters
         if text == self._last:
             return
         self._last = text

@@ -73,6 +73,9 @@ class ImageInput:
     png: bytes | None = None
     url: str | None = None
     filename: str = "reference.png"
+    # The nodes' images: their pixel identity (video.image_upload), which the journal knows them
+    # by instead of the PNG bytes (an encoder upgrade must not lose a resume).
+    pixels: str | None = None
 
     def __post_init__(self):
         if (self.png is None) == (self.url is None):
@@ -93,7 +96,13 @@ class ImageInput:
 
     @property
     def ref(self) -> str:
-        """What the journal knows the image by: its content, or its URL."""
+        """What the journal knows the image by: its pixels (nodes), its file's bytes (CLI), or
+        its URL (never fetched here: the provider reads it)."""
+        return self.pixels or self.bytes_ref
+
+    @property
+    def bytes_ref(self) -> str:
+        """The image by its bytes (or URL): `ref` before pixel identities, still the CLI's."""
         return "sha256:" + self.sha256 if self.png is not None else "url:" + str(self.url)
 
 
@@ -175,6 +184,8 @@ def run_ref2v(
 
     image_ref = image.ref
     fp, request = fingerprint(model.model_id, body, image_ref)
+    if image_ref != image.bytes_ref:  # rows written before pixel identities: known by PNG bytes
+        journal.adopt_fingerprint(fingerprint(model.model_id, body, image.bytes_ref)[0], fp, image_ref)
     seed = body["seed"]
     # A saved result needs neither the key nor the network.
     if not force_new and seed != -1:

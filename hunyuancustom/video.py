@@ -6,6 +6,7 @@ is the result plus one raw frame (core's PyAV path keeps every frame twice on th
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -150,12 +151,26 @@ def select_image(image: torch.Tensor, index: int, field: str = "image") -> torch
 
 def image_to_png(image_hwc: torch.Tensor) -> bytes:
     """[H, W, 3|4] float 0..1 -> PNG bytes (alpha is composited on white, as the model pads)."""
+    return image_upload(image_hwc)[0]
+
+
+def image_upload(image_hwc: torch.Tensor) -> tuple[bytes, str]:
+    """(PNG bytes, pixel identity) of a node's image. The identity is the sha256 of the 8-bit
+    pixels the PNG holds (with their dtype and shape): what the job journal knows the image by.
+    The PNG bytes themselves may differ after a Pillow or zlib upgrade; the pixels do not."""
     x = image_hwc.detach().to("cpu", torch.float32).clamp(0, 1)
     if x.shape[-1] == 4:
         rgb, a = x[..., :3], x[..., 3:]
         x = rgb * a + (1 - a)
-    arr = (x * 255.0 + 0.5).to(torch.uint8).numpy()
-    return iio.imwrite("<bytes>", np.ascontiguousarray(arr), extension=".png")
+    arr = np.ascontiguousarray((x * 255.0 + 0.5).to(torch.uint8).numpy())
+    return iio.imwrite("<bytes>", arr, extension=".png"), pixels_ref(arr)
+
+
+def pixels_ref(arr: np.ndarray) -> str:
+    """What the journal knows an image given as pixels by: dtype, shape and bytes, hashed."""
+    digest = hashlib.sha256(f"{arr.dtype.str}{list(arr.shape)}".encode())
+    digest.update(np.ascontiguousarray(arr).tobytes())
+    return "pixels:sha256:" + digest.hexdigest()
 
 
 # The largest reference image file read from disk. The provider takes uploads up to ~300 MB, but

@@ -19,7 +19,7 @@ from ..hunyuancustom.errors import ApiError, ValidationError
 from ..hunyuancustom.journal import Journal
 from ..hunyuancustom.params import DEFAULT_PROMPT, REF2V_480P, REF2V_720P, CloudModel
 from ..hunyuancustom.ref2v import ImageInput
-from ..hunyuancustom.video import image_to_png, select_image
+from ..hunyuancustom.video import image_upload, select_image
 from .cloud import SUBFOLDER, force_new_input, ref2v_widgets, rerun_fingerprint, saved_result
 from .files import output_relative, portable
 from .progress import ComfyReporter
@@ -98,10 +98,11 @@ class _CloudBatch(io.ComfyNode):
             raise ValidationError("prompts", "give at least one prompt (one per line)")
         # Each image gets the cloud node's checks (shape, size, finite pixels) before any request.
         count = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() == 4 else 1
-        pngs = [image_to_png(select_image(images, i, "images")) for i in range(count)]
-        if not pngs:
+        uploads = [image_upload(select_image(images, i, "images")) for i in range(count)]
+        images_in = [ImageInput(png=png, pixels=pixels) for png, pixels in uploads]
+        if not images_in:
             raise ValidationError("images", "the image batch is empty")
-        pairs = pair_jobs(len(pngs), lines, combine)
+        pairs = pair_jobs(len(images_in), lines, combine)
         if len(pairs) > MAX_JOBS:
             raise ValidationError("prompts", f"{len(pairs)} jobs is more than {MAX_JOBS} in one run")
         shared = {"negative_prompt": negative_prompt, "size": size, "guidance_scale": guidance_scale,
@@ -109,7 +110,7 @@ class _CloudBatch(io.ComfyNode):
                   "enable_safety_checker": enable_safety_checker}
         full_dir, name, counter, _, _ = folder_paths.get_save_image_path(
             f"{SUBFOLDER}/batch_{cls.MODEL.label}", folder_paths.get_output_directory())
-        jobs = [BatchJob(image=ImageInput(png=pngs[i]), params={**shared, "prompt": lines[p]},
+        jobs = [BatchJob(image=images_in[i], params={**shared, "prompt": lines[p]},
                          dest=Path(full_dir) / f"{name}_{counter:05}_{k + 1:03}_.mp4",
                          model=cls.MODEL, label=f"image {i + 1} · prompt {p + 1}")
                  for k, (i, p) in enumerate(pairs)]

@@ -22,7 +22,7 @@ except ImportError:  # an older ComfyUI: the graph cannot be read, so frames are
 from ..hunyuancustom.journal import Journal
 from ..hunyuancustom.params import REF2V_480P, REF2V_720P, CloudModel
 from ..hunyuancustom.ref2v import ImageInput, copy_atomic, run_ref2v
-from ..hunyuancustom.video import image_to_png, select_image
+from ..hunyuancustom.video import image_upload, select_image
 from .files import SUBFOLDER, numbered_mp4, portable
 from .progress import ComfyReporter
 from .widgets import widget
@@ -153,10 +153,10 @@ class _CloudRef2V(io.ComfyNode):
         params = {"prompt": prompt, "negative_prompt": negative_prompt, "size": size,
                   "guidance_scale": guidance_scale, "flow_shift": flow_shift, "seed": seed,
                   "enable_safety_checker": enable_safety_checker}
-        png = image_to_png(select_image(image, image_index))
+        png, pixels = image_upload(select_image(image, image_index))
         dest, filename, subfolder = numbered_mp4(f"{SUBFOLDER}/ref2v_{cls.MODEL.label}")
         with Journal.open_default() as journal:
-            result = run_ref2v(cls.MODEL, ImageInput(png=png), params, dest,
+            result = run_ref2v(cls.MODEL, ImageInput(png=png, pixels=pixels), params, dest,
                                reporter=ComfyReporter(cls.hidden.unique_id), journal=journal,
                                force_new=bool(force_new), cache_copy=False,
                                decode=frames_used())

@@ -521,3 +521,15 @@ def test_the_saved_video_is_served_again_only_while_its_size_and_sha256_match(co
     (shown,) = previews({"outputs": {"2": again}})
     fetched = comfy.output_dir / shown["subfolder"] / shown["filename"]
     assert fetched.read_bytes() == api.task_video(task_id).read_bytes()
+
+
+def test_a_key_echoed_by_the_provider_reaches_neither_history_nor_logs(comfy, api):
+    # Issue 17, item 5: a 403 that quotes the Bearer header back is redacted where it enters.
+    api.set_scenario(Scenario(api_key=SECRET, submit_responses=[{"status": 403, "body": {
+        "code": 403, "message": f"Forbidden for Bearer {SECRET}", "data": None}}]))
+    entry = comfy.wait(comfy.queue(graph(seed=4711)), raise_on_error=False)
+    err = execution_error(entry)
+    assert "Forbidden for Bearer ***" in err["exception_message"]
+    assert SECRET not in json.dumps(entry)
+    assert SECRET not in comfy.log_text()
+    assert SECRET not in json.dumps(comfy._request("GET", "/internal/logs"))

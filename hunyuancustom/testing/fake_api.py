@@ -131,6 +131,12 @@ class Scenario:
     # submit's and the polls' (e.g. {"created_at": "\ud800"}: a lone surrogate, sent as its
     # JSON escape).
     task_fields: dict[str, Any] = field(default_factory=dict)
+    # Hostile: a submit creates its task, then sends its (whole, valid) answer one byte every
+    # this many seconds. Ends early (and cuts) on `release_stalls()` or when the server stops.
+    # Scripted answers (submit_responses...) take two more hostile forms: {"endless": True} (a
+    # 200 JSON answer that never ends, chunked) and {"trickle_interval_s": s, "body"/"raw": ...}
+    # (that answer, one byte every s seconds).
+    submit_trickle_interval_s: float = 0.0
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Scenario:
@@ -641,6 +647,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             answer = api._submit(root, m_submit.group(1), payload)
             api._stall(api.scenario.submit_stall_s)
+            if api.scenario.submit_trickle_interval_s > 0:  # hostile: submit_trickle_interval_s
+                self._send_trickle(answer[0], json.dumps(answer[1]).encode(), "application/json",
+                                   api.scenario.submit_trickle_interval_s)
+                return
             self._send_json(*answer)
         elif endpoint == "result":
             self._send_json(*api._result(m_result.group(1)))
@@ -692,6 +702,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Drop()
         status = int(answer.get("status", 200))
         headers = dict(answer.get("headers") or {})
+        if answer.get("endless"):  # hostile scripted answer: {"endless": True}
+            self._send_endless(status)
+            return
+        if answer.get("trickle_interval_s"):  # hostile scripted answer: trickled
+            raw = answer.get("raw")
+            data = (raw.encode() if isinstance(raw, str) else bytes(raw)) if raw is not None \
+                else json.dumps(answer.get("body")).encode()
+            self._send_trickle(status, data, headers.pop("Content-Type", "application/json"),
+                               float(answer["trickle_interval_s"]), headers)
+            return
         if "raw" in answer:
             raw = answer["raw"]
             raw = raw.encode() if isinstance(raw, str) else bytes(raw)
@@ -754,6 +774,38 @@ class _Handler(BaseHTTPRequestHandler):
         if drop:
             self.wfile.flush()
             raise _Drop()  # a truncated body: fewer bytes than Content-Length promised
+
+    # --- hostile answers: trickled, endless ---
+    def _send_trickle(self, status: int, data: bytes, ctype: str, interval: float,
+                      headers: dict[str, str] | None = None) -> None:
+        """Announce `data`, then send it one byte every `interval` s (cut on release_stalls)."""
+        api = self.server.api
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        api.stalled.set()
+        for i in range(len(data)):
+            self.wfile.write(data[i:i + 1])
+            self.wfile.flush()
+            if api._unstall.wait(interval):
+                raise _Drop()
+
+    def _send_endless(self, status: int) -> None:
+        """A JSON answer that never ends: chunked, until the client hangs up or the server stops."""
+        api = self.server.api
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        api.stalled.set()
+        chunk = b'{"code": 200, "data": {"id": "' + b"x" * _CHUNK
+        while not api._unstall.is_set():
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            chunk = b"x" * _CHUNK
+        raise _Drop()
 
     # --- hostile scenario: output_cut_no_length_first_n ---
     def _serve_cut_output(self, name: str) -> bool:
