@@ -72,6 +72,7 @@ def import_comfy():
         comfy.options.enable_args_parsing()
         import comfy.ldm.hunyuan_video.model
         import comfy.ldm.models.autoencoder
+        import comfy.model_detection
         import comfy.model_management
         import comfy.ops
         import comfy.sample
@@ -79,6 +80,43 @@ def import_comfy():
     finally:
         sys.argv = saved
     return comfy
+
+
+def core_hunyuan_video(comfy, *, width: int, context: int, depth: int, single: int = 1,
+                       channels: int = 16, operations=None):
+    """Core's HunyuanVideo (the 1.0 architecture: one head per 128 of width, CLIP-L vector, no
+    guidance embedding) with the configuration core's own detection gives a checkpoint of that shape.
+
+    Core's `HunyuanVideoParams` gains fields over versions (0.33.0 added three for HunyuanVideo 1.5);
+    building it from a hand-written field list breaks on the next core. So a skeleton state dict
+    (shapes only, on the meta device: no memory) goes through `comfy.model_detection`, exactly as a
+    real checkpoint does, and the model is built from what core answers."""
+    import math
+
+    import torch
+
+    patch = (1, 2, 2)
+
+    def meta(*shape):
+        return torch.empty(shape, device="meta")
+
+    skeleton = {
+        "img_in.proj.weight": meta(width, channels, *patch),
+        "final_layer.linear.weight": meta(channels * math.prod(patch), width),
+        "vector_in.in_layer.weight": meta(width, 768),
+        "txt_in.input_embedder.weight": meta(width, context),
+        "txt_in.individual_token_refiner.blocks.0.norm1.weight": meta(width),
+        **{f"double_blocks.{i}.img_mod.lin.weight": meta(6 * width, width) for i in range(depth)},
+        **{f"single_blocks.{i}.modulation.lin.weight": meta(3 * width, width) for i in range(single)},
+    }
+    config = comfy.model_detection.detect_unet_config(skeleton, "")
+    if not config or config.get("image_model") != "hunyuan_video":
+        raise RuntimeError(f"core at {comfyui_path()} does not detect a HunyuanVideo checkpoint from "
+                           f"its keys (detected: {config!r}): the test models need updating for it")
+    net = comfy.ldm.hunyuan_video.model.HunyuanVideo(
+        operations=operations or comfy.ops.disable_weight_init, **config)
+    assert (len(net.double_blocks), len(net.single_blocks), net.params.hidden_size) == (depth, single, width)
+    return net
 
 
 def import_pack(name: str = "hc_pack_under_test"):
