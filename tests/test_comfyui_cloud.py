@@ -447,3 +447,42 @@ def test_frames_are_decoded_only_when_used_and_the_line_says_billed_or_free(comf
     # Frames disconnected again: nothing is decoded.
     texts, entry = run_watching(comfy, frames_graph(61, frames=False))
     assert "Decoding frames" not in texts and api.requests == []
+
+
+def test_frames_used_takes_cores_own_answer_where_core_gives_one(monkeypatch):
+    """Newer cores tell a node which outputs are used (`ExecutionContext.expected_outputs`, read by
+    `comfy_execution.utils.is_output_needed`); 0.3.64 and 0.33.0 do not, and there the graph is read.
+    In-process: the context is core's own class where it has the field, else one with its fields."""
+    import importlib
+    from typing import NamedTuple
+
+    from comfyui_harness import import_pack
+
+    cloud = importlib.import_module(import_pack().__name__ + ".nodes.cloud")
+    from comfy_execution import utils as core_utils  # importable once the pack's core is
+    if "expected_outputs" in core_utils.ExecutionContext._fields:
+        context_class = core_utils.ExecutionContext
+    else:  # the newer core's fields, as comfy_execution/utils.py declares them there
+        class context_class(NamedTuple):  # noqa: N801
+            prompt_id: str
+            node_id: str
+            list_index: int | None
+            expected_outputs: frozenset | None = None
+
+    # The graph links `frames` (output 1) of node 2 to node 5: reading it says "used".
+    linked = {"2": {"class_type": "HunyuanCustomCloudRef2V720p", "inputs": {}},
+              "5": {"class_type": "GetImageSize", "inputs": {"image": ["2", cloud.FRAMES_OUTPUT]}}}
+    monkeypatch.setattr(cloud, "running_prompt", lambda prompt_id: linked)
+
+    def context(expected):
+        monkeypatch.setattr(cloud, "get_executing_context",
+                            lambda: context_class("p1", "2", None, expected))
+
+    context(frozenset({0, 2}))  # core: only the video and info outputs may be used
+    assert cloud.frames_used() is False
+    context(frozenset({cloud.FRAMES_OUTPUT}))
+    assert cloud.frames_used() is True
+    context(None)  # core does not know: the graph decides
+    assert cloud.frames_used() is True
+    monkeypatch.setattr(cloud, "running_prompt", lambda prompt_id: {"2": linked["2"]})
+    assert cloud.frames_used() is False
