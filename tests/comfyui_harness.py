@@ -39,7 +39,7 @@ NODE_NAMES = ("HunyuanCustomCloudRef2V720p", "HunyuanCustomCloudRef2V480p")
 START_TIMEOUT_S = 180.0
 
 skip_reason = ("COMFYUI_PATH is not set: the real-ComfyUI tests need a ComfyUI checkout "
-               "(see README, Testing)")
+               "(see README, Tests)")
 
 # Variables that must never leak from the developer's shell into a test server: a real key would
 # let a test bill a real account, a real API root would send test traffic to the provider.
