@@ -76,8 +76,14 @@ def frames_used() -> bool:
     no unique id) in ComfyUI, so both it and execute read the graph the same way: through the
     executing node's context and the prompt queue. Its answer is part of the cache key, so an
     output cached without frames is never served to a graph that wants them. When the graph
-    cannot be found it says True: frames are decoded, as before."""
+    cannot be found it says True: frames are decoded, as before.
+
+    A core whose execution context carries `expected_outputs` (newer than 0.33.0, with
+    `comfy_execution.utils.is_output_needed`) answers this itself: that answer wins. Its None means
+    "not known", and then the graph is read as above."""
     ctx = get_executing_context()
+    if getattr(ctx, "expected_outputs", None) is not None:
+        return FRAMES_OUTPUT in ctx.expected_outputs
     prompt = running_prompt(ctx.prompt_id) if ctx is not None else None
     if prompt is None or ctx.node_id not in prompt:  # e.g. a node made by another node's expansion
         return True

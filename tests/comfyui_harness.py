@@ -4,11 +4,11 @@ The ComfyUI checkout is found through `COMFYUI_PATH` (and its interpreter throug
 `COMFYUI_PYTHON`, default: the one running pytest). Without it, e2e tests skip with `skip_reason`:
 a fresh CI machine has no ComfyUI, and every other test must still pass there.
 
-The pack is loaded the way core's own execution tests load their test pack, without copying it:
-an `--extra-model-paths-config` file adds a temporary `custom_nodes` folder that holds one symlink,
-`ComfyUI-HunyuanCustom` -> this repository. Every writable folder (output, input, user, temp,
-database) lives under the test's temporary directory, so runs never touch the checkout's state
-and may run side by side.
+The pack is loaded without copying it: the server's `--base-directory` is the test's temporary
+folder, whose `custom_nodes` holds one symlink, `ComfyUI-HunyuanCustom` -> this repository (an
+`--extra-model-paths-config` file names that folder too, for tests that add more paths). Every
+writable folder (output, input, user, temp, database, models) lives under the test's temporary
+directory, so runs never write into the checkout (which may be read-only) and may run side by side.
 
     with running_comfyui(tmp_path, {"WAVESPEED_API_BASE": api.base_url}) as comfy:
         prompt_id = comfy.queue(graph)
@@ -39,7 +39,7 @@ NODE_NAMES = ("HunyuanCustomCloudRef2V720p", "HunyuanCustomCloudRef2V480p")
 START_TIMEOUT_S = 180.0
 
 skip_reason = ("COMFYUI_PATH is not set: the real-ComfyUI tests need a ComfyUI checkout "
-               "(see README, Testing)")
+               "(see README, Tests)")
 
 # Variables that must never leak from the developer's shell into a test server: a real key would
 # let a test bill a real account, a real API root would send test traffic to the provider.
@@ -72,6 +72,7 @@ def import_comfy():
         comfy.options.enable_args_parsing()
         import comfy.ldm.hunyuan_video.model
         import comfy.ldm.models.autoencoder
+        import comfy.model_detection
         import comfy.model_management
         import comfy.ops
         import comfy.sample
@@ -79,6 +80,43 @@ def import_comfy():
     finally:
         sys.argv = saved
     return comfy
+
+
+def core_hunyuan_video(comfy, *, width: int, context: int, depth: int, single: int = 1,
+                       channels: int = 16, operations=None):
+    """Core's HunyuanVideo (the 1.0 architecture: one head per 128 of width, CLIP-L vector, no
+    guidance embedding) with the configuration core's own detection gives a checkpoint of that shape.
+
+    Core's `HunyuanVideoParams` gains fields over versions (0.33.0 added three for HunyuanVideo 1.5);
+    building it from a hand-written field list breaks on the next core. So a skeleton state dict
+    (shapes only, on the meta device: no memory) goes through `comfy.model_detection`, exactly as a
+    real checkpoint does, and the model is built from what core answers."""
+    import math
+
+    import torch
+
+    patch = (1, 2, 2)
+
+    def meta(*shape):
+        return torch.empty(shape, device="meta")
+
+    skeleton = {
+        "img_in.proj.weight": meta(width, channels, *patch),
+        "final_layer.linear.weight": meta(channels * math.prod(patch), width),
+        "vector_in.in_layer.weight": meta(width, 768),
+        "txt_in.input_embedder.weight": meta(width, context),
+        "txt_in.individual_token_refiner.blocks.0.norm1.weight": meta(width),
+        **{f"double_blocks.{i}.img_mod.lin.weight": meta(6 * width, width) for i in range(depth)},
+        **{f"single_blocks.{i}.modulation.lin.weight": meta(3 * width, width) for i in range(single)},
+    }
+    config = comfy.model_detection.detect_unet_config(skeleton, "")
+    if not config or config.get("image_model") != "hunyuan_video":
+        raise RuntimeError(f"core at {comfyui_path()} does not detect a HunyuanVideo checkpoint from "
+                           f"its keys (detected: {config!r}): the test models need updating for it")
+    net = comfy.ldm.hunyuan_video.model.HunyuanVideo(
+        operations=operations or comfy.ops.disable_weight_init, **config)
+    assert (len(net.double_blocks), len(net.single_blocks), net.params.hidden_size) == (depth, single, width)
+    return net
 
 
 def import_pack(name: str = "hc_pack_under_test"):
@@ -151,6 +189,8 @@ class ComfyServer:
         self.client_id = uuid.uuid4().hex
         self.env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         self.env.update({"PYTHONUNBUFFERED": "1", "HUNYUANCUSTOM_DATA_DIR": str(self.data_dir)})
+        if "PYTHONPYCACHEPREFIX" not in self.env:  # no __pycache__ written into the checkout
+            self.env["PYTHONDONTWRITEBYTECODE"] = "1"
         self.env.update(env_extra or {})
         self.python = os.environ.get("COMFYUI_PYTHON") or sys.executable
         self.extra_args = list(extra_args)  # more ComfyUI flags, e.g. ["--preview-method", "latent2rgb"]
@@ -160,6 +200,9 @@ class ComfyServer:
         return [
             self.python, "main.py", "--cpu", "--listen", self.listen, "--port", str(self.port),
             "--disable-auto-launch",
+            # The checkout may be read-only and has no custom_nodes/ of its own (ComfyUI stops with
+            # FileNotFoundError then): everything ComfyUI looks for by default lives here instead.
+            "--base-directory", str(self.base_dir),
             "--output-directory", str(self.output_dir),
             "--input-directory", str(self.input_dir),
             "--user-directory", str(self.user_dir),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from comfyui_harness import core_hunyuan_video
+
 # Tiny sizes: model width 64, whisper width 16 with 2 layers (3 feature blocks), window 10.
 WIDTH, WHISPER_WIDTH, WHISPER_LAYERS, WINDOW = 64, 16, 2, 10
 INTERMEDIATE, CONTEXT_TOKENS, AUDIO_HIDDEN = 32, 4, 32
@@ -100,11 +102,7 @@ def _randomize(sd: dict[str, torch.Tensor], seed: int, scale: float = 0.05, dtyp
 def backbone_state_dict(comfy, width: int = 128, context: int = 64, depth: int = 12, seed: int = 0):
     """A random HunyuanVideo transformer (one head of 128, `depth` double blocks, 1 single block) in
     core's key layout, as core's diffusion-model loader reads it."""
-    net = comfy.ldm.hunyuan_video.model.HunyuanVideo(
-        image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=768,
-        context_in_dim=context, hidden_size=width, mlp_ratio=4.0, num_heads=width // 128, depth=depth,
-        depth_single_blocks=1, axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2], qkv_bias=True,
-        guidance_embed=False, byt5=False, meanflow=False, operations=comfy.ops.disable_weight_init)
+    net = core_hunyuan_video(comfy, width=width, context=context, depth=depth)
     return _randomize(net.state_dict(), seed)
 
 

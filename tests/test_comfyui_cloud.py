@@ -533,3 +533,42 @@ def test_a_key_echoed_by_the_provider_reaches_neither_history_nor_logs(comfy, ap
     assert SECRET not in json.dumps(entry)
     assert SECRET not in comfy.log_text()
     assert SECRET not in json.dumps(comfy._request("GET", "/internal/logs"))
+
+
+def test_frames_used_takes_cores_own_answer_where_core_gives_one(monkeypatch):
+    """Newer cores tell a node which outputs are used (`ExecutionContext.expected_outputs`, read by
+    `comfy_execution.utils.is_output_needed`); 0.3.64 and 0.33.0 do not, and there the graph is read.
+    In-process: the context is core's own class where it has the field, else one with its fields."""
+    import importlib
+    from typing import NamedTuple
+
+    from comfyui_harness import import_pack
+
+    cloud = importlib.import_module(import_pack().__name__ + ".nodes.cloud")
+    from comfy_execution import utils as core_utils  # importable once the pack's core is
+    if "expected_outputs" in core_utils.ExecutionContext._fields:
+        context_class = core_utils.ExecutionContext
+    else:  # the newer core's fields, as comfy_execution/utils.py declares them there
+        class context_class(NamedTuple):  # noqa: N801
+            prompt_id: str
+            node_id: str
+            list_index: int | None
+            expected_outputs: frozenset | None = None
+
+    # The graph links `frames` (output 1) of node 2 to node 5: reading it says "used".
+    linked = {"2": {"class_type": "HunyuanCustomCloudRef2V720p", "inputs": {}},
+              "5": {"class_type": "GetImageSize", "inputs": {"image": ["2", cloud.FRAMES_OUTPUT]}}}
+    monkeypatch.setattr(cloud, "running_prompt", lambda prompt_id: linked)
+
+    def context(expected):
+        monkeypatch.setattr(cloud, "get_executing_context",
+                            lambda: context_class("p1", "2", None, expected))
+
+    context(frozenset({0, 2}))  # core: only the video and info outputs may be used
+    assert cloud.frames_used() is False
+    context(frozenset({cloud.FRAMES_OUTPUT}))
+    assert cloud.frames_used() is True
+    context(None)  # core does not know: the graph decides
+    assert cloud.frames_used() is True
+    monkeypatch.setattr(cloud, "running_prompt", lambda prompt_id: {"2": linked["2"]})
+    assert cloud.frames_used() is False

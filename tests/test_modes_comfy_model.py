@@ -14,7 +14,7 @@ import pytest
 import torch
 from modes_models import audio_state_dict, editing_state_dict
 
-from comfyui_harness import import_comfy, import_pack, requires_comfyui
+from comfyui_harness import core_hunyuan_video, import_comfy, import_pack, requires_comfyui
 from hunyuancustom.modes.audio import AudioModules
 from hunyuancustom.modes.editing import BackgroundModules
 from hunyuancustom.modes.inject import MODEL_KEY, AudioCondition, BackgroundCondition, ModeInjection
@@ -36,11 +36,7 @@ def comfy():
 @pytest.fixture(scope="module")
 def model(comfy):
     torch.manual_seed(0)
-    net = comfy["hv"].HunyuanVideo(
-        image_model="hunyuan_video", in_channels=16, out_channels=16, vec_in_dim=768,
-        context_in_dim=CONTEXT, hidden_size=WIDTH, mlp_ratio=4.0, num_heads=1, depth=12,
-        depth_single_blocks=1, axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2], qkv_bias=True,
-        guidance_embed=False, byt5=False, meanflow=False, operations=comfy["ops"].disable_weight_init)
+    net = core_hunyuan_video(import_comfy(), width=WIDTH, context=CONTEXT, depth=12)
     sd = {k: torch.randn(v.shape) * 0.05 for k, v in net.state_dict().items()}
     m = comfy["sd"].load_diffusion_model_state_dict(sd)
     net = m.model.diffusion_model
