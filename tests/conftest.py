@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from hunyuancustom.client import ClientOptions, PollSchedule, RetryPolicy
+from hunyuancustom.journal import Journal
 from hunyuancustom.ref2v import ImageInput
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
 from hunyuancustom.testing.media import make_test_image, png_bytes
@@ -98,3 +99,10 @@ def ref(tmp_path):
     path = tmp_path / "ref.png"
     make_test_image(path, 64, 48)
     return path
+
+
+@pytest.fixture
+def journal(isolated_config):
+    """The job journal in the test's own data folder."""
+    with Journal.open_default() as j:
+        yield j

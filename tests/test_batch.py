@@ -9,16 +9,9 @@ from hunyuancustom.batch import BatchJob, run_batch
 from hunyuancustom.client import ClientOptions, PollSchedule
 from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import Interrupted, ValidationError
-from hunyuancustom.journal import Journal
 from hunyuancustom.testing.fake_api import Scenario
 
 POLL = ClientOptions(schedule=PollSchedule(initial_s=0.02, max_interval_s=0.02))
-
-
-@pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
 
 
 def jobs_for(tmp_path, image, prompts, seed=-1):

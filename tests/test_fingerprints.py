@@ -17,19 +17,12 @@ from PIL import Image
 from conftest import TEST_KEY
 from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import TaskTimeoutError
-from hunyuancustom.journal import Journal
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import ImageInput, run_ref2v
 from hunyuancustom.testing.fake_api import Scenario
 from hunyuancustom.video import image_upload, pixels_ref
 
 FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
-
-
-@pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
 
 
 @pytest.fixture

@@ -45,12 +45,6 @@ URL_IMAGE = ImageInput(url="https://cdn.example.test/ref.png")  # the submit is 
 
 
 @pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
-
-
-@pytest.fixture
 def keyed(api):
     """The loopback API accepting KEY (a key distinctive enough to search files for)."""
     api.set_scenario(api_key=KEY)

@@ -23,7 +23,6 @@ from hunyuancustom.errors import (
     TaskNotFoundError,
     TaskTimeoutError,
 )
-from hunyuancustom.journal import Journal
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import ImageInput, run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
@@ -31,12 +30,6 @@ from hunyuancustom.video import probe
 
 FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
 URL_IMAGE = ImageInput(url="https://cdn.example.test/ref.png")  # the submit is the first request
-
-
-@pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
 
 
 def run(base, image, dest, opts, journal=None, timeout_s=60.0, reporter=None, **kw):

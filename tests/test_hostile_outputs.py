@@ -12,7 +12,6 @@ import pytest
 
 from conftest import TEST_KEY
 from hunyuancustom.config import ApiKey, Settings
-from hunyuancustom.journal import Journal
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import run_ref2v
 from hunyuancustom.testing.fake_api import Scenario
@@ -20,12 +19,6 @@ from hunyuancustom.testing.media import make_test_video
 from hunyuancustom.video import VideoInfo, available_memory, decode_frames, probe
 
 FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
-
-
-@pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
 
 
 def run(api, image, dest, opts, journal, params=FIXED, settings=None, decode=False):

@@ -17,12 +17,10 @@ import pytest
 from conftest import TEST_KEY, RecordingReporter
 from hunyuancustom import ref2v
 from hunyuancustom.client import ClientOptions, PollSchedule
-from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import TaskFailedError
-from hunyuancustom.journal import Journal, default_path, file_identity
-from hunyuancustom.params import REF2V_720P
-from hunyuancustom.ref2v import run_ref2v
+from hunyuancustom.journal import Journal, default_path
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from journal_jobs import is_video_of, run_job
 
 A = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
 FAST = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
@@ -35,21 +33,8 @@ def api():
         yield server
 
 
-@pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
-
-
 def run(api, image, dest, journal, params=A, reporter=None, **kw):
-    return run_ref2v(REF2V_720P, image, params, dest, reporter=reporter,
-                     settings=Settings(api_base=api.base_url, timeout_s=60.0),
-                     api_key=ApiKey(TEST_KEY, "test"), options=FAST, journal=journal, decode=False,
-                     **kw)
-
-
-def is_video_of(api, path, task_id) -> bool:
-    return file_identity(path)[1] == file_identity(api.task_video(task_id))[1]
+    return run_job(api, image, dest, journal, params, reporter, options=FAST, **kw)
 
 
 # --- item 7: any text from the provider can be stored ----------------------------------------------

@@ -16,7 +16,6 @@ from conftest import RecordingReporter
 from hunyuancustom.client import ClientOptions, PollSchedule, WaveSpeedClient
 from hunyuancustom.config import ApiKey, Settings, key_file_path, load_api_key, same_server, save_api_key
 from hunyuancustom.errors import ConfigError, Interrupted, KeyRootError
-from hunyuancustom.journal import Journal
 from hunyuancustom.params import REF2V_720P
 from hunyuancustom.ref2v import run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
@@ -24,12 +23,6 @@ from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
 FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
 FAST_POLLS = ClientOptions(schedule=PollSchedule(initial_s=0.01, max_interval_s=0.01))
 KEY_X, KEY_Y = "sk-root-x-1111", "sk-root-y-2222"
-
-
-@pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
 
 
 @pytest.fixture

@@ -14,12 +14,9 @@ import requests
 
 from conftest import TEST_KEY, RecordingReporter
 from hunyuancustom.client import ClientOptions, PollSchedule, RetryPolicy
-from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.errors import MalformedResponseError, OutputExpiredError, ServerError
-from hunyuancustom.journal import Journal, file_identity
-from hunyuancustom.params import REF2V_720P
-from hunyuancustom.ref2v import run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from journal_jobs import is_video_of, run_job
 
 A = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
 B = {"prompt": "A woman is reading a book in the garden.", "seed": 1234}
@@ -41,21 +38,8 @@ def api():
         yield server
 
 
-@pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
-
-
 def run(api, image, dest, journal, params=A, reporter=None, **kw):
-    return run_ref2v(REF2V_720P, image, params, dest, reporter=reporter,
-                     settings=Settings(api_base=api.base_url, timeout_s=60.0),
-                     api_key=ApiKey(TEST_KEY, "test"), options=FAST, journal=journal, decode=False,
-                     **kw)
-
-
-def is_video_of(api, path, task_id) -> bool:
-    return file_identity(path)[1] == file_identity(api.task_video(task_id))[1]
+    return run_job(api, image, dest, journal, params, reporter, options=FAST, **kw)
 
 
 # --- item 1: a page from the video host is not the provider's word -----------------------------------

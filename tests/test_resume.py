@@ -34,12 +34,6 @@ FIXED = {"prompt": "A man is writing a letter at his desk.", "seed": 1234}
 RANDOM = {"prompt": "A man is writing a letter at his desk.", "seed": -1}
 
 
-@pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
-
-
 def run(api, image, dest, opts, journal, params=FIXED, reporter=None, timeout_s=60.0,
         key=TEST_KEY, settings=None, **kw):
     settings = settings or Settings(api_base=api.base_url, timeout_s=timeout_s)

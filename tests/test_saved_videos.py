@@ -20,11 +20,10 @@ import pytest
 from conftest import TEST_KEY, RecordingReporter
 from hunyuancustom import journal as journal_module
 from hunyuancustom.client import ClientOptions, PollSchedule
-from hunyuancustom.config import ApiKey, Settings
 from hunyuancustom.journal import Journal, file_identity
 from hunyuancustom.params import REF2V_720P
-from hunyuancustom.ref2v import run_ref2v
 from hunyuancustom.testing.fake_api import FakeWaveSpeed, Scenario
+from journal_jobs import run_job
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,17 +38,8 @@ def api():
         yield server
 
 
-@pytest.fixture
-def journal(isolated_config):
-    with Journal.open_default() as j:
-        yield j
-
-
 def run(api, image, dest, journal, params=A, reporter=None, **kw):
-    return run_ref2v(REF2V_720P, image, params, dest, reporter=reporter,
-                     settings=Settings(api_base=api.base_url, timeout_s=60.0),
-                     api_key=ApiKey(TEST_KEY, "test"), options=FAST, journal=journal, decode=False,
-                     **kw)
+    return run_job(api, image, dest, journal, params, reporter, options=FAST, **kw)
 
 
 def sha(path) -> str:
