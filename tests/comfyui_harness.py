@@ -4,11 +4,11 @@ The ComfyUI checkout is found through `COMFYUI_PATH` (and its interpreter throug
 `COMFYUI_PYTHON`, default: the one running pytest). Without it, e2e tests skip with `skip_reason`:
 a fresh CI machine has no ComfyUI, and every other test must still pass there.
 
-The pack is loaded the way core's own execution tests load their test pack, without copying it:
-an `--extra-model-paths-config` file adds a temporary `custom_nodes` folder that holds one symlink,
-`ComfyUI-HunyuanCustom` -> this repository. Every writable folder (output, input, user, temp,
-database) lives under the test's temporary directory, so runs never touch the checkout's state
-and may run side by side.
+The pack is loaded without copying it: the server's `--base-directory` is the test's temporary
+folder, whose `custom_nodes` holds one symlink, `ComfyUI-HunyuanCustom` -> this repository (an
+`--extra-model-paths-config` file names that folder too, for tests that add more paths). Every
+writable folder (output, input, user, temp, database, models) lives under the test's temporary
+directory, so runs never write into the checkout (which may be read-only) and may run side by side.
 
     with running_comfyui(tmp_path, {"WAVESPEED_API_BASE": api.base_url}) as comfy:
         prompt_id = comfy.queue(graph)
@@ -151,6 +151,8 @@ class ComfyServer:
         self.client_id = uuid.uuid4().hex
         self.env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
         self.env.update({"PYTHONUNBUFFERED": "1", "HUNYUANCUSTOM_DATA_DIR": str(self.data_dir)})
+        if "PYTHONPYCACHEPREFIX" not in self.env:  # no __pycache__ written into the checkout
+            self.env["PYTHONDONTWRITEBYTECODE"] = "1"
         self.env.update(env_extra or {})
         self.python = os.environ.get("COMFYUI_PYTHON") or sys.executable
         self.extra_args = list(extra_args)  # more ComfyUI flags, e.g. ["--preview-method", "latent2rgb"]
@@ -160,6 +162,9 @@ class ComfyServer:
         return [
             self.python, "main.py", "--cpu", "--listen", self.listen, "--port", str(self.port),
             "--disable-auto-launch",
+            # The checkout may be read-only and has no custom_nodes/ of its own (ComfyUI stops with
+            # FileNotFoundError then): everything ComfyUI looks for by default lives here instead.
+            "--base-directory", str(self.base_dir),
             "--output-directory", str(self.output_dir),
             "--input-directory", str(self.input_dir),
             "--user-directory", str(self.user_dir),
