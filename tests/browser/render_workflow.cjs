@@ -97,6 +97,8 @@ async function warningsShown(page, logged, report) {
     ".p-dialog, .p-toast-message, [role='dialog'], [role='alert'], [data-testid='error-overlay']")]
     .map((d) => d.innerText.trim()).filter((t) => t));
   for (let i = 0; i < 3 && shown.length; i++) { await page.keyboard.press("Escape"); await page.waitForTimeout(200); }
+  // 1.49's error overlay does not close on Escape: its X button.
+  for (const x of await page.locator("[data-testid='error-overlay-dismiss']").all()) await x.click().catch(() => {});
   return [...shown, ...report.consoleErrors.slice(logged).map((e) => `console: ${e}`)];
 }
 
