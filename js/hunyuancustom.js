@@ -27,6 +27,23 @@ function describeKey(st) {
   return `${from} · ends with ${st.last4}`;
 }
 
+// Front end 1.27 loads PrimeVue's button theme, so its class names style the buttons like the rest of
+// the dialog; 1.49 no longer loads it (plain grey boxes there): the buttons then get the pack's own
+// look, from the front end's colour variables.
+function hasPrimeButtonTheme() {
+  return Boolean(getComputedStyle(document.documentElement).getPropertyValue("--p-button-primary-background").trim());
+}
+
+function keyButton(cls, text, secondary) {
+  const button = document.createElement("button");
+  const look = hasPrimeButtonTheme()
+    ? `p-button p-button-sm${secondary ? " p-button-secondary" : ""}`
+    : `hunyuancustom-button${secondary ? "" : " hunyuancustom-button-primary"}`;
+  button.className = `${cls} ${look}`;
+  button.textContent = text;
+  return button;
+}
+
 function keySettingElement() {
   const root = document.createElement("div");
   root.className = "hunyuancustom-key";
@@ -42,12 +59,8 @@ function keySettingElement() {
   input.setAttribute("data-form-type", "other");
   input.spellcheck = false;
   input.placeholder = "paste a new key";
-  const save = document.createElement("button");
-  save.className = "hunyuancustom-key-save p-button p-button-sm";
-  save.textContent = "Save";
-  const remove = document.createElement("button");
-  remove.className = "hunyuancustom-key-delete p-button p-button-sm p-button-secondary";
-  remove.textContent = "Remove";
+  const save = keyButton("hunyuancustom-key-save", "Save", false);
+  const remove = keyButton("hunyuancustom-key-delete", "Remove", true);
   const message = document.createElement("div");
   message.className = "hunyuancustom-key-message";
 
@@ -397,6 +410,12 @@ const STYLE = `
 .hunyuancustom-key { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; }
 .hunyuancustom-key-input { width: 14rem; }
 .hunyuancustom-key-message { flex-basis: 100%; font-size: 12px; opacity: .8; }
+.hunyuancustom-button { border: none; border-radius: 6px; padding: 6px 10px; font-size: 14px;
+  line-height: 18px; cursor: pointer; color: var(--base-foreground, #fff);
+  background: var(--secondary-background, #333); }
+.hunyuancustom-button-primary { background: var(--primary-background, #0b8ce9); }
+.hunyuancustom-button:disabled { opacity: .5; cursor: default; }
+.hunyuancustom-button:not(:disabled):hover { filter: brightness(1.15); }
 `;
 
 app.registerExtension({

@@ -184,6 +184,13 @@ def test_front_ends_differ_in_the_widgets_they_add():
     spec = {"input": {"required": {"file": [["a.mp4"], {"video_upload": True}]}}, "output": ["VIDEO"]}
     wf = {"nodes": [{"id": 1, "type": "LoadVideo", "inputs": [], "outputs": [],
                      "widgets_values": ["a.mp4", "image"]}], "links": []}
-    assert graph_to_prompt(wf, {"LoadVideo": spec}, (1, 27))["1"]["inputs"] == {"file": "a.mp4"}
-    newer = graph_to_prompt(wf, {"LoadVideo": spec}, (1, 49))["1"]["inputs"]
-    assert newer == {"file": "a.mp4", "video-preview": ""}
+    # Load Video's preview (added once the video has loaded) goes out as "" from both.
+    for frontend in ((1, 27), (1, 49)):
+        assert graph_to_prompt(wf, {"LoadVideo": spec}, frontend)["1"]["inputs"] == {
+            "file": "a.mp4", "video-preview": ""}
+    # Load Audio's player: only 1.27 sends it.
+    audio = {"input": {"required": {"audio": [["x.wav"], {"audio_upload": True}]}}}
+    wf = {"nodes": [{"id": 1, "type": "LoadAudio", "inputs": [], "outputs": [],
+                     "widgets_values": ["x.wav", None]}], "links": []}
+    inputs = {v: graph_to_prompt(wf, {"LoadAudio": audio}, v)["1"]["inputs"] for v in ((1, 27), (1, 49))}
+    assert inputs == {(1, 27): {"audio": "x.wav", "audioUI": ""}, (1, 49): {"audio": "x.wav"}}

@@ -32,8 +32,9 @@ AUDIO_UI_NODES = {"LoadAudio", "SaveAudio", "PreviewAudio", "SaveAudioMP3", "Sav
 UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 # The front end versions this converter was written against and checked with in the browser
 # (tests/test_browser_prompts.py): 1.27.10 (ComfyUI 0.3.64) and 1.49.6 (0.33.0). They differ in
-# the widgets they add themselves: 1.27 sends Load Audio's player as audioUI="", 1.49 does not and
-# sends Load Video's preview as video-preview="".
+# the widgets they add themselves: 1.27 sends Load Audio's player as audioUI="", 1.49 does not.
+# Both send Load Video's preview as video-preview="" (a widget added once the video has loaded,
+# so in the prompt of any Run after the workflow has opened).
 FRONTEND_1_27, FRONTEND_1_49 = (1, 27), (1, 49)
 
 
@@ -74,7 +75,7 @@ def _ordered_inputs(spec: dict, node_type: str,
                    and (isinstance(entry[0], list) or entry[0] == "COMBO")), None)
     if upload is not None:
         required["upload"] = ["IMAGEUPLOAD", {"imageInputName": upload}]
-        if frontend >= FRONTEND_1_49 and _options(required[upload]).get("video_upload") is True:
+        if _options(required[upload]).get("video_upload") is True:
             required["video-preview"] = ["AUDIO_UI", {}]  # like the audio player: sends "", no value kept
     elif _options(required.get("audio")).get("audio_upload") is True:
         required["upload"] = ["AUDIOUPLOAD", {}]
@@ -382,7 +383,7 @@ def graph_to_prompt(wf: dict, object_info: dict,
     what feeds the reroute; a primitive's value lands in the widget it feeds; widget values are
     mapped onto the node's widgets in the front end's order (control_after_generate and upload
     values are skipped, the audio player of Load Audio sends "" (1.27), Load Video's preview sends
-    "" (1.49), a value the file lacks keeps its default; list values wrapped as
+    "" (once loaded), a value the file lacks keeps its default; list values wrapped as
     {"__value__": [...]}); a linked input becomes
     [origin id, origin slot] and wins over its widget; an input whose origin is not in the prompt
     is dropped. Not handled: subgraphs and legacy group nodes (ConversionError), the dynamic-prompt

@@ -73,6 +73,7 @@ async function main() {
         return { missing, nodes: window.app.graph.nodes.length, expected: wf.nodes.length,
           errored: window.app.graph.nodes.filter((n) => n.has_errors).map((n) => n.type) };
       }, wf);
+      await twoFrames(page); // the warning is drawn on the front end's next render
       report.workflows[name].dialog = await missingNodesDialog(page);
       step(`opened ${name}`);
     }
@@ -80,7 +81,7 @@ async function main() {
     const unknown = { ...cfg.workflows[cfg.cloudWorkflow] };
     unknown.nodes = unknown.nodes.map((n, i) => (i === 0 ? { ...n, type: "NoSuchNodeForTheBrowserTest" } : n));
     await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, null); }, unknown);
-    await page.getByText(MISSING_NODES).first().waitFor({ timeout: 15000 }).catch(() => {});
+    await missingNodesWarning(page).first().waitFor({ timeout: 15000 }).catch(() => {});
     report.missingNodesControl = await missingNodesDialog(page);
     // Leave a complete workflow open: the front end restores it on the reload below.
     await page.evaluate(async (wf) => { await window.app.loadGraphData(wf, true, true, null); },
@@ -106,7 +107,7 @@ async function main() {
     await runInSubgraph(page);
   } catch (e) {
     // What the page looked like when it went wrong, next to the other screenshots.
-    await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-error.png") }).catch(() => {});
+    if (cfg.screenshot) await page.screenshot({ path: cfg.screenshot.replace(/\.png$/, "-error.png") }).catch(() => {});
     throw e;
   } finally {
     report.bodiesWithSecret = bodies.filter((b) => b.text.includes(cfg.secret)).map((b) => b.url);
@@ -186,16 +187,35 @@ async function checkTemplates(page) {
   step("template browser");
 }
 
-// The front end's "Some Nodes Are Missing" warning: shown? (then closed, so the next check starts clean)
-const MISSING_NODES = /Some Nodes Are Missing/i;
+// The front end's missing-nodes warning: front end 1.27 opens a dialog "Some Nodes Are Missing"
+// (closed with Escape); 1.49 shows its error overlay at the top right, "Missing node: <type>" or
+// "Missing nodes", or "N errors found" when there is more than one kind of error (counted too: it
+// may include missing nodes), closed with its X button.
+const MISSING_NODES_DIALOG = /Some Nodes Are Missing/i;
+const MISSING_NODES_OVERLAY = /Missing nodes?\b|\d+ errors? found/i;
+const missingNodesOverlay = (page) =>
+  page.locator('[data-testid="error-overlay"]').filter({ hasText: MISSING_NODES_OVERLAY });
+const missingNodesWarning = (page) => page.getByText(MISSING_NODES_DIALOG).or(missingNodesOverlay(page));
+
+// Shown? Then closed, so the next check starts clean.
 async function missingNodesDialog(page) {
-  const shown = await page.getByText(MISSING_NODES).count() > 0;
-  if (shown) {
+  if (await page.getByText(MISSING_NODES_DIALOG).count() > 0) {
     await page.keyboard.press("Escape");
-    await page.getByText(MISSING_NODES).first().waitFor({ state: "detached", timeout: 10000 });
+    await page.getByText(MISSING_NODES_DIALOG).first().waitFor({ state: "detached", timeout: 10000 });
+    return true;
   }
-  return shown;
+  const overlay = missingNodesOverlay(page);
+  if (await overlay.count() > 0) {
+    await overlay.first().locator('[data-testid="error-overlay-dismiss"]').click();
+    await overlay.first().waitFor({ state: "detached", timeout: 10000 });
+    return true;
+  }
+  return false;
 }
+
+// The settings dialog: `.settings-container` in front end 1.27, `[data-testid="settings-dialog"]`
+// (a reka dialog with the categories in a side bar) in 1.49; Escape closes either.
+const SETTINGS_DIALOG = '.settings-container, [data-testid="settings-dialog"]';
 
 // The stock front end without the pack (cfg.baseline): the errors it logs on its own, which the
 // pack's run may repeat but not add to. Opens the same pages the pack run opens.
@@ -207,8 +227,9 @@ async function baseline(page) {
     await page.waitForLoadState("networkidle");
   }
   await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.ShowSettingsDialog"));
-  await page.locator(".settings-container").waitFor({ timeout: 30000 });
+  await page.locator(SETTINGS_DIALOG).waitFor({ timeout: 30000 });
   await page.keyboard.press("Escape");
+  await page.locator(SETTINGS_DIALOG).waitFor({ state: "detached", timeout: 10000 });
   report.extensionLoaded = await page.evaluate(() =>
     (window.app.extensions || []).some((e) => e.name === "HunyuanCustom.Extension"));
   step("baseline");
@@ -216,7 +237,7 @@ async function baseline(page) {
 
 async function checkKey(page, bodies) {
   await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.ShowSettingsDialog"));
-  const dialog = page.locator(".settings-container");
+  const dialog = page.locator(SETTINGS_DIALOG);
   await dialog.waitFor({ timeout: 30000 });
   await dialog.getByText("HunyuanCustom", { exact: true }).first().click();
   const status = page.locator(".hunyuancustom-key-status");
@@ -249,7 +270,7 @@ async function checkKey(page, bodies) {
   await page.waitForLoadState("networkidle");
   report.key.templateDialogAfterReload = await dismissTemplates(page);
   await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.ShowSettingsDialog"));
-  await page.locator(".settings-container").getByText("HunyuanCustom", { exact: true }).first().click();
+  await page.locator(SETTINGS_DIALOG).getByText("HunyuanCustom", { exact: true }).first().click();
   await page.waitForFunction(() => /ends with/.test(document.querySelector(".hunyuancustom-key-status")?.textContent || ""));
   report.key.afterReload = await status.textContent();
 
@@ -262,7 +283,7 @@ async function checkKey(page, bodies) {
   await page.click(".hunyuancustom-key-save");
   await page.waitForFunction(() => /ends with/.test(document.querySelector(".hunyuancustom-key-status").textContent));
   await page.keyboard.press("Escape");
-  await page.locator(".settings-container").waitFor({ state: "detached", timeout: 10000 });
+  await page.locator(SETTINGS_DIALOG).waitFor({ state: "detached", timeout: 10000 });
   await page.locator(".p-dialog-mask").first().waitFor({ state: "detached", timeout: 10000 });
   step("key round trip");
 }

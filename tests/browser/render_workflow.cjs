@@ -35,10 +35,16 @@ async function main() {
     report.startupErrors = report.consoleErrors.slice(0, startupErrors);  // the page's own, before any workflow
     for (const [name, wf] of Object.entries(cfg.workflows)) {
       const logged = report.consoleErrors.length;
-      report.prompts[name] = await page.evaluate(async (w) => {
-        await window.app.loadGraphData(w, true, true, null);
-        return (await window.app.graphToPrompt()).output;
-      }, wf);
+      await page.evaluate(async (w) => { await window.app.loadGraphData(w, true, true, null); }, wf);
+      // The prompt as the Run button sends it once the page has settled: Load Video's preview is a
+      // widget the front end adds only when the video has loaded, and it goes into the prompt
+      // (video-preview: ""); asked for at once, the prompt would depend on how fast that was.
+      report.videoPreviews ??= {};
+      report.videoPreviews[name] = await page.waitForFunction(() => window.app.graph.nodes
+        .filter((n) => n.type === "LoadVideo")
+        .every((n) => n.widgets?.some((x) => x.name === "video-preview")), null, { timeout: 30000 })
+        .then(() => true, () => false);
+      report.prompts[name] = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
       report.warnings[name] = await warningsShown(page, logged, report);
     }
     // No minimap or canvas info in the picture; every node drawn in full at any zoom.
@@ -86,10 +92,13 @@ async function main() {
 // console errors logged meanwhile. Closed again so the next workflow starts clean.
 async function warningsShown(page, logged, report) {
   await page.waitForTimeout(1500);  // the missing-models check and toasts come after loadGraphData
+  // 1.49's error overlay (missing nodes, models or media: "N errors found") is a role=status box.
   const shown = await page.evaluate(() => [...document.querySelectorAll(
-    ".p-dialog, .p-toast-message, [role='dialog'], [role='alert']")]
+    ".p-dialog, .p-toast-message, [role='dialog'], [role='alert'], [data-testid='error-overlay']")]
     .map((d) => d.innerText.trim()).filter((t) => t));
   for (let i = 0; i < 3 && shown.length; i++) { await page.keyboard.press("Escape"); await page.waitForTimeout(200); }
+  // 1.49's error overlay does not close on Escape: its X button.
+  for (const x of await page.locator("[data-testid='error-overlay-dismiss']").all()) await x.click().catch(() => {});
   return [...shown, ...report.consoleErrors.slice(logged).map((e) => `console: ${e}`)];
 }
 

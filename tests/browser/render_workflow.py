@@ -80,6 +80,8 @@ def main() -> int:
             print(f"{name}: graph_to_prompt {'equals' if same else 'DIFFERS FROM'} the front end's prompt")
             if not same:
                 print(json.dumps({"ours": ours, "front end": theirs}, indent=1))
+                if not report["videoPreviews"][name]:
+                    print(f"{name}: a Load Video preview did not load within 30 s")
             warnings = report["warnings"][name]
             differ += bool(warnings)
             print(f"{name}: opens without warnings" if not warnings else f"{name}: WARNINGS {warnings}")
