@@ -70,6 +70,10 @@ def import_comfy():
         import comfy.options
 
         comfy.options.enable_args_parsing()
+        if (root / "utils" / "__init__.py").is_file() and "utils" not in sys.modules:
+            # As main.py does early: core's nodes.py later puts comfy/ first on sys.path, and a
+            # later `import utils...` (server.py on 0.3.64) would then find comfy/utils.py.
+            import utils.extra_config  # noqa: F401
         import comfy.ldm.hunyuan_video.model
         import comfy.ldm.models.autoencoder
         import comfy.model_detection
