@@ -181,6 +181,11 @@ async function checkTemplates(page) {
   await content.waitFor({ state: "detached", timeout: 30000 });
   await page.waitForFunction(() => window.app.graph.nodes.some((n) => n.type.startsWith("HunyuanCustomCloud")),
     null, { timeout: 30000 });
+  // The canvas may still hold an earlier workflow's cloud node: wait for the template's own tab
+  // (on a slow machine the front end names it a moment after the click). A timeout is reported as
+  // the name it has then, and the test says so.
+  await page.waitForFunction((want) => window.app.extensionManager.workflow?.activeWorkflow?.filename === want,
+    cfg.openTemplate, { timeout: 30000 }).catch(() => {});
   report.templates.opened = await page.evaluate(() => ({
     types: window.app.graph.nodes.map((n) => n.type),
     workflow: window.app.extensionManager.workflow?.activeWorkflow?.filename ?? null }));
