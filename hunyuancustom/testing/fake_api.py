@@ -683,14 +683,17 @@ class _Handler(BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline()
 
-    def _send(self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None,
-              head: bool = False) -> None:
+    def _send_head(self, status: int, length: int, ctype: str, headers: dict[str, str] | None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(length))
         for k, v in (headers or {}).items():
             self.send_header(k, str(v))
         self.end_headers()
+
+    def _send(self, status: int, data: bytes, ctype: str, headers: dict[str, str] | None = None,
+              head: bool = False) -> None:
+        self._send_head(status, len(data), ctype, headers)
         if not head:
             self.wfile.write(data)
 
@@ -780,12 +783,7 @@ class _Handler(BaseHTTPRequestHandler):
                       headers: dict[str, str] | None = None) -> None:
         """Announce `data`, then send it one byte every `interval` s (cut on release_stalls)."""
         api = self.server.api
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, str(v))
-        self.end_headers()
+        self._send_head(status, len(data), ctype, headers)
         api.stalled.set()
         for i in range(len(data)):
             self.wfile.write(data[i:i + 1])
