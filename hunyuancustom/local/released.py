@@ -33,6 +33,7 @@ import uuid
 import torch
 
 from .core_call import Call, Signature
+from .layout import check_image_split
 from .schedule import flow_sigmas
 
 KEY = "hunyuancustom_release"  # wrapper key and attachment name on the ModelPatcher
@@ -89,7 +90,9 @@ class ReleasedTokenRefiner(torch.nn.Module):
         c = t + self.c_embedder(pooled.to(x.dtype))
         x = self.input_embedder(x)
         for block in self.individual_token_refiner.blocks:
-            x = block(x, c, attn, transformer_options=transformer_options)
+            # the block's class forward: an engine may rebind the instance's forward to one that
+            # drops the mask (Raylight's USP does), while this text is whole on every rank anyway
+            x = type(block).forward(block, x, c, attn, transformer_options=transformer_options)
         return x
 
 
@@ -176,6 +179,7 @@ class ReleasedForward:
     # --- DIFFUSION_MODEL ------------------------------------------------------------------------
     def __call__(self, executor, *args, **kwargs):
         call = Signature.of(executor.original).bind(args, kwargs)
+        check_image_split(executor.class_obj, call["x"], call["ref_latent"])
         batch = call["x"].shape[0]
         outs = []
         for i in range(batch):

@@ -27,6 +27,8 @@ from typing import Any, Callable
 import torch
 
 from ..errors import ValidationError
+from ..local.core_call import Signature
+from ..local.layout import check_image_split, on_whole_image
 from .audio import DEFAULT_STRENGTH, AudioModules, latent_frame_tokens
 from .editing import BackgroundModules
 
@@ -152,12 +154,13 @@ class ModeInjection:
         add_bg = self.background is not None and index == 0
 
         def patch(args: dict, extra: dict) -> dict:
-            if add_bg:
-                args = {**args, "img": self.add_background(args["img"])}
+            options = args.get("transformer_options") or {}
+            if add_bg:  # on the whole image sequence, wherever an engine split it (see layout.py)
+                args = {**args, "img": on_whole_image(args["img"], options, self.add_background)}
             out = inner(args, extra) if inner is not None else extra["original_block"](args)
             if audio_layer is not None:
-                options = args.get("transformer_options") or {}
-                out = {**out, "img": self.add_audio(audio_layer, out["img"], options)}
+                out = {**out, "img": on_whole_image(out["img"], options,
+                                                    lambda img: self.add_audio(audio_layer, img, options))}
             return out
 
         return patch
@@ -181,6 +184,8 @@ class ModeInjection:
     def check_latent(self, executor, x, *args, **kwargs):
         """DIFFUSION_MODEL wrapper: the sampled latent must be the one the mode was prepared for
         (its tokens are found by position, so another size would run, silently wrong)."""
+        call = Signature.of(executor.original).bind((x, *args), kwargs)
+        check_image_split(executor.class_obj, x, call["ref_latent"])
         got = tuple(x.shape[-3:])
         if got != tuple(self.latent_shape):
             t, h, w = self.latent_shape

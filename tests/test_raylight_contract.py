@@ -1,0 +1,121 @@
+"""The pack under Raylight's sequence parallel (USP) and CFG parallel, proven on the CPU over gloo.
+
+Raylight's own HunyuanVideo USP code (its package from RAYLIGHT_PATH, with contrib/raylight/*.patch
+applied in a temp copy) runs every case in 2 processes (tests/raylight_harness.py); core runs the
+same cases with the same pack patches in this process; float32 results must agree to 1e-5. Each
+case's docstring in the harness names the Raylight fixes (contrib/raylight/README.md) it needs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+
+from comfyui_harness import import_comfy, requires_comfyui
+
+TOL = 1e-5
+
+pytestmark = [
+    requires_comfyui,
+    pytest.mark.skipif(not os.environ.get("RAYLIGHT_PATH"),
+                       reason="RAYLIGHT_PATH is not set (Raylight's source tree, "
+                              "e.g. ../shared/raylight/src)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _core_version_reason():
+    """Raylight c049571's USP blocks read attributes of a newer core's Flux blocks."""
+    import comfy.ldm.flux.layers as layers
+
+    missing = [f"{cls}.{attr}" for cls, attr in (("DoubleStreamBlock", "modulation"),
+                                                 ("SingleStreamBlock", "yak_mlp"))
+               if attr not in getattr(layers, cls).__init__.__code__.co_names]
+    if missing:
+        return (f"Raylight c049571's USP blocks read {', '.join(missing)}, which this core's Flux "
+                "blocks do not have (added in later ComfyUI)")
+    return None
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """{"ref": core alone, "usp": [rank 0, rank 1], "cfg": [rank 0, rank 1]}."""
+    import_comfy()
+    import raylight_harness as harness
+
+    reason = _core_version_reason()
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("raylight")
+    raylight_dir = harness.prepare_raylight(work, harness.patch_files())
+    usp = harness.run_workers(raylight_dir, "usp", work, _free_port())
+    cfg = harness.run_workers(raylight_dir, "cfg", work, _free_port())
+    base = harness.base_model()
+    ref = harness.run_cases({**harness.USP_CASES, **harness.CFG_CASES}, base)
+    return {"ref": ref, "usp": usp, "cfg": cfg}
+
+
+def _result(value, case):
+    if isinstance(value, dict) and "error" in value:
+        pytest.fail(f"{case}: {value['error']}\n{value.get('trace', '')}")
+    return value
+
+
+def _assert_close(got, want, case):
+    got, want = _result(got, case), _result(want, case)
+    if isinstance(want, dict):
+        assert set(got) == set(want), case
+        for k in want:
+            _assert_close(got[k], want[k], f"{case}.{k}")
+        return
+    if isinstance(want, torch.Tensor):
+        assert got.shape == want.shape, case
+        if not torch.is_floating_point(want):
+            assert torch.equal(got, want), f"{case}: {got} != {want}"
+            return
+        diff = (got - want).abs().max().item()
+        assert diff <= TOL, f"{case}: max |diff| {diff:.3g} > {TOL} (max |ref| {want.abs().max().item():.3g})"
+        return
+    assert got == want, case
+
+
+@pytest.mark.parametrize("case", ["plain", "cfg_batch", "released_masks", "deepcache", "editing", "audio",
+                                  "odd_text"])
+def test_usp_equals_core(results, case):
+    for rank, res in enumerate(results["usp"]):
+        _assert_close(res[case], results["ref"][case], f"{case} (rank {rank})")
+
+
+def test_deepcache_ran_a_cached_step_under_usp(results):
+    for res in results["usp"]:
+        assert _result(res["deepcache"], "deepcache")["calls"].tolist() == [1, 1]  # full, cached
+
+
+def test_an_image_length_the_degree_does_not_divide_is_refused_before_any_work(results):
+    for res in results["usp"]:
+        err = res["odd_image"]
+        assert isinstance(err, dict), err
+        assert err["error"].startswith("ValidationError: latent: 3 image tokens"), err
+        assert "sequence-parallel degree 2" in err["error"]
+    assert isinstance(results["ref"]["odd_image"], torch.Tensor)  # one device: it runs
+
+
+def test_cfg_parallel_equals_core_and_each_rank_sees_its_own_branch(results):
+    ref = _result(results["ref"]["cfg_parallel"], "cfg_parallel")
+    assert ref["seen"] == [(1, [0]), (1, [1])]  # one device: the pack runs one sample at a time
+    for rank, res in enumerate(results["cfg"]):
+        got = _result(res["cfg_parallel"], "cfg_parallel")
+        _assert_close(got["out"], ref["out"], f"cfg_parallel (rank {rank})")
+        # Raylight's CFG wrapper is outside the pack's: this rank's half only, with its own branch
+        # (rank 0 the positive, rank 1 the negative, which the audio mode feeds zero audio)
+        assert got["seen"] == [(1, [rank])], got["seen"]
+        # Raylight's loader adds its wrapper (key None) before any pack patch: outermost
+        assert got["wrapper_keys"] == ["None", "hunyuancustom_release", "hunyuancustom_modes", "contract_spy"]
