@@ -26,7 +26,7 @@ import torch
 from local_models import backbone_state_dict, write_released_pt
 from modes_models import audio_state_dict, editing_state_dict
 
-from comfyui_harness import import_comfy, requires_comfyui
+from comfyui_harness import comfyui_path, import_comfy, requires_comfyui
 
 pytestmark = requires_comfyui
 
@@ -41,10 +41,8 @@ def _multigpu_core():
     import comfy.model_patcher as patcher
 
     if not hasattr(patcher.ModelPatcher, "deepclone_multigpu"):
-        pytest.skip(f"core at {comfy.__file__} has no multi-GPU work units (comfy.multigpu, "
+        pytest.skip(f"core at {comfyui_path()} has no multi-GPU work units (comfy.multigpu, "
                     "ModelPatcher.deepclone_multigpu: ComfyUI 0.33+)")
-    import comfy.multigpu
-
     return comfy
 
 
