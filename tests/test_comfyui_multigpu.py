@@ -68,10 +68,11 @@ def two_devices(monkeypatch):
     mm.unload_all_models()
 
 
-def _pack_model(checkpoint, mode=None):
+def _pack_model(checkpoint, mode=None, before_mode=None):
     """Load Model (Local)'s MODEL (the pack's loader, the released recipe), with a mode's patches;
     returns (MODEL, ModeInjection or None). An outer wrapper first in line stands in for what a second
-    GPU does to sample_sigmas (see the module's docstring)."""
+    GPU does to sample_sigmas (see the module's docstring). `before_mode`: a node applied to the
+    MODEL before the mode node's patches."""
     import comfy.patcher_extension as ext
 
     from hunyuancustom.local import released
@@ -85,6 +86,8 @@ def _pack_model(checkpoint, mode=None):
     if mode is None:
         return model, None
     mods = mode_modules_from_extras(base.get_attachment(EXTRAS_ATTACHMENT), "test")
+    if before_mode is not None:
+        model = before_mode(model)
     g = torch.Generator().manual_seed(11)
     if mode == "audio":
         windows = torch.randn(1, 4 * LATENT[0] - 3, 10, 3, 16, generator=g)
@@ -184,16 +187,24 @@ def test_released_recipe_with_deepcache_split_over_two_devices_equals_one(two_de
     assert fwd.device_calls == {DEVICES[0]: {"full": 22, "cached": 8}, DEVICES[1]: {"full": 22, "cached": 8}}
 
 
-@pytest.mark.parametrize("mode", ["audio", "editing"])
-def test_a_mode_split_over_two_devices_equals_one(two_devices, checkpoint, mode):
+@pytest.mark.parametrize("mode,split_first", [("audio", False), ("editing", False), ("audio", True)],
+                         ids=["audio", "editing", "audio-split-before-the-mode-node"])
+def test_a_mode_split_over_two_devices_equals_one(two_devices, checkpoint, mode, split_first):
     """Each device runs its own deep-cloned module set; the negative branch (device 1) gets the
-    audio layers fed with zero audio, the positive (device 0) the clip's audio."""
+    audio layers fed with zero audio, the positive (device 0) the clip's audio. The split node may
+    come before the mode node too: core then deep-clones the modules when it matches its clones to
+    the MODEL (at sampling; done here first to find them)."""
     from hunyuancustom.modes.audio import latent_frame_tokens
 
     comfy = two_devices
     model, inj = _pack_model(checkpoint, mode)
     one = _sample(comfy, model)
-    split, seen = _recording(_split(comfy, model))
+    if split_first:
+        model, inj = _pack_model(checkpoint, mode, before_mode=lambda m: _split(comfy, m))
+        split, seen = _recording(model)
+        split.match_multigpu_clones()
+    else:
+        split, seen = _recording(_split(comfy, model))
     clone = split.get_additional_models_with_key("multigpu")[0]
     role = "audio" if mode == "audio" else "background"
     own = inj.audio.modules if mode == "audio" else inj.background.modules
@@ -250,6 +261,15 @@ def test_a_deep_clone_runs_on_its_own_modules_and_gives_the_same_result(two_devi
     assert _params(mods_b[0]).isdisjoint(_params(mods_a[0]))
     assert inj.modules_for("audio", DEVICES[1]) is mods_b[0]
     assert torch.equal(a, b)
+    # core matches its clones to the MODEL again at each sampling (a clone of the main MODEL on the
+    # clone's model): the refiner patch there is on that model's layers too
+    main = model.clone()
+    main.set_additional_models("multigpu", [clone])
+    main.match_multigpu_clones()
+    (matched,) = main.get_additional_models_with_key("multigpu")
+    refiner = matched.object_patches["diffusion_model.txt_in"]
+    assert isinstance(refiner, ReleasedTokenRefiner) and matched.model is clone.model
+    assert _params(refiner) <= _params(clone.model) and _params(refiner).isdisjoint(_params(model.model))
 
 
 def _forward(patcher, device=None, step=None, sigmas=None, seed=3):
