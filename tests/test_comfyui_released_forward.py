@@ -138,8 +138,7 @@ def test_a_deepcache_step_runs_only_the_last_single_block_inside_cores_forward(m
         cached = dict(calls.counts)
     finally:
         calls.close()
-        fwd._cache.clear()  # what the sampler's end (outer_sample) does
-        fwd._run = None
+        fwd.forget()  # what the sampler's end (outer_sample) does
     core = {"img_in": 2, "final_layer": 1}  # img_in embeds the video and the reference
     assert full == {**core, **{(k, i): 1 for k in ("double_blocks", "single_blocks") for i in range(2)}}
     assert cached == {**core, ("single_blocks", 1): 1}
@@ -170,8 +169,7 @@ def test_the_cached_step_equals_a_full_step_whose_last_block_gets_the_recorded_i
         cached_out = _call(m, step11, mask, {"sample_sigmas": sigmas, "sigmas": sigmas[11:12],
                                           "cond_or_uncond": [0]})
     finally:
-        fwd._cache.clear()
-        fwd._run = None
+        fwd.forget()
     assert len(recorded) == 2 and torch.equal(recorded[0], recorded[1])  # replayed: the recorded input
 
     def substitute(args, extra):

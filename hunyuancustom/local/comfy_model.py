@@ -233,7 +233,7 @@ def scaled_fp8_operations():
     return ReleasedFp8Ops
 
 
-def model_from_checkpoint(ckpt: Checkpoint, weight_dtype: str = "default"):
+def model_from_checkpoint(ckpt: Checkpoint, weight_dtype: str = "default", disable_dynamic: bool = False):
     import comfy.sd
 
     if weight_dtype not in WEIGHT_DTYPES:
@@ -247,7 +247,13 @@ def model_from_checkpoint(ckpt: Checkpoint, weight_dtype: str = "default"):
         options["dtype"] = torch.bfloat16
     if WEIGHT_DTYPES[weight_dtype] is not None:
         options["dtype"] = WEIGHT_DTYPES[weight_dtype]
-    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
+    kwargs = {}
+    if disable_dynamic:  # 0.33+ asks a reload factory for a plain (not dynamic VRAM) patcher
+        if "disable_dynamic" not in inspect.signature(comfy.sd.load_diffusion_model_state_dict).parameters:
+            raise RuntimeError("this ComfyUI's load_diffusion_model_state_dict takes no disable_dynamic, "
+                               "but its model patcher asked for it: update ComfyUI or the pack")
+        kwargs["disable_dynamic"] = True
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options, **kwargs)
     if patcher is None:
         raise CheckpointError("ComfyUI did not recognise the checkpoint as a HunyuanVideo transformer")
     check_all_mapped(patcher.model.model_config, patcher.model.diffusion_model, ckpt.transformer)
@@ -256,6 +262,21 @@ def model_from_checkpoint(ckpt: Checkpoint, weight_dtype: str = "default"):
 
 
 def load_model(path: str | os.PathLike, fp8: str = "keep", weight_dtype: str = "default"):
-    """(ModelPatcher, Checkpoint) for a file in any layout `checkpoint.read_checkpoint` reads."""
+    """(ModelPatcher, Checkpoint) for a file in any layout `checkpoint.read_checkpoint` reads.
+
+    The patcher carries core's reload factory (`cached_patcher_init`, 0.33+): core's multi-GPU
+    work units and Select Model Device build a second device's model with it. Older cores never
+    read the attribute."""
     ckpt = read_checkpoint(path, fp8=fp8)
-    return model_from_checkpoint(ckpt, weight_dtype), ckpt
+    patcher = model_from_checkpoint(ckpt, weight_dtype)
+    patcher.cached_patcher_init = (reload_model, (os.fspath(path), fp8, weight_dtype))
+    return patcher, ckpt
+
+
+def reload_model(path: str, fp8: str = "keep", weight_dtype: str = "default", disable_dynamic: bool = False):
+    """A fresh ModelPatcher of the same load (core's `cached_patcher_init` factory: a module-level
+    function, called with `disable_dynamic=True` where core wants a plain patcher)."""
+    ckpt = read_checkpoint(path, fp8=fp8)
+    patcher = model_from_checkpoint(ckpt, weight_dtype, disable_dynamic=disable_dynamic)
+    patcher.cached_patcher_init = (reload_model, (path, fp8, weight_dtype))
+    return patcher

@@ -28,6 +28,7 @@ guidance patch a user puts on the MODEL keeps working:
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import torch
@@ -161,9 +162,13 @@ class ReleasedForward:
     def __init__(self, deepcache: bool = True, released_schedule: bool = True):
         self.deepcache = deepcache
         self.released_schedule = released_schedule
-        self._run = None  # the sample_sigmas of the run the cache belongs to
+        # Core's multi-GPU work units call this one object from a thread per device at once, so
+        # all state is per device (the thread's, see `_device`) and changed under a lock.
+        self._lock = threading.RLock()
+        self._runs: dict = {}  # per device: the sample_sigmas (by value) the cache belongs to
         self._cache: dict = {}  # per branch, video and device: the last single block's input
         self.calls = {"full": 0, "cached": 0}  # transformer passes, for tests and benchmarks
+        self.device_calls: dict = {}  # the same per device
 
     # --- OUTER_SAMPLE ---------------------------------------------------------------------------
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
@@ -173,8 +178,13 @@ class ReleasedForward:
         try:
             return executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:  # the cached block input is as large as a step's activations: never keep it
+            self.forget()
+
+    def forget(self) -> None:
+        """Drop every cached block input (the end of a run)."""
+        with self._lock:
             self._cache.clear()
-            self._run = None
+            self._runs.clear()
 
     # --- DIFFUSION_MODEL ------------------------------------------------------------------------
     def __call__(self, executor, *args, **kwargs):
@@ -192,21 +202,60 @@ class ReleasedForward:
     def _forward_one(self, executor, call: Call, opts: dict):
         step, steps = _step(opts)
         use_cache = self.deepcache and steps == DEEPCACHE_STEPS
-        if use_cache and opts.get("sample_sigmas") is not self._run:
-            self._cache.clear()
-            self._run = opts.get("sample_sigmas")
-        key = _branch_key(opts, call["x"].device)
+        device = _device(opts, call["x"])
+        if use_cache:
+            self._start_run(device, opts.get("sample_sigmas"))
+        key = _branch_key(opts, device)
         net = executor.class_obj
-        if use_cache and step in DEEPCACHE_CACHED_STEPS and key in self._cache:
-            self.calls["cached"] += 1
-            opts = cached_step(net, opts, self._cache[key])
+        with self._lock:
+            cached = self._cache.get(key) if use_cache and step in DEEPCACHE_CACHED_STEPS else None
+        if cached is not None:
+            self._count(device, "cached")
+            opts = cached_step(net, opts, cached)
             if "control" in call.values:  # its residuals are in the cached input already
                 call = call.replace(control=None)
         else:
-            self.calls["full"] += 1
+            self._count(device, "full")
             if use_cache:
-                opts = capture_last_block_input(net, opts, self._cache, key)
+                opts = capture_last_block_input(net, opts, _LockedStore(self._cache, self._lock), key)
         return call.replace(transformer_options=opts).run(executor)
+
+    def _start_run(self, device, sample_sigmas) -> None:
+        """A new run on `device` drops that device's cached inputs. Runs are told apart by their
+        sigmas' values: core's multi-GPU hands every thread a new copy of them at each step."""
+        sigmas = sample_sigmas.detach().to("cpu", torch.float64)
+        with self._lock:
+            run = self._runs.get(device)
+            if run is not None and run.shape == sigmas.shape and torch.equal(run, sigmas):
+                return
+            for key in [k for k in self._cache if k[-1] == device]:
+                del self._cache[key]
+            self._runs[device] = sigmas
+
+    def _count(self, device, kind: str) -> None:
+        with self._lock:
+            self.calls[kind] += 1
+            per = self.device_calls.setdefault(device, {"full": 0, "cached": 0})
+            per[kind] += 1
+
+
+class _LockedStore:
+    """The cache as the recording block patch writes it, from whichever thread runs it."""
+
+    def __init__(self, cache: dict, lock):
+        self._cache, self._lock = cache, lock
+
+    def __setitem__(self, key, value):
+        with self._lock:
+            self._cache[key] = value
+
+
+def _device(opts: dict, x: torch.Tensor):
+    """The device this call runs for: core's multi-GPU names each worker thread's device (two
+    devices may both report tensors on "cpu", or share a type and differ only by index); else the
+    input's own."""
+    device = opts.get("multigpu_thread_device")
+    return torch.device(device) if device is not None else x.device
 
 
 def _step(opts: dict) -> tuple[int | None, int | None]:
@@ -219,9 +268,9 @@ def _step(opts: dict) -> tuple[int | None, int | None]:
 
 
 def _branch_key(opts: dict, device):
-    # the device too: core's multi-GPU runs branches on several devices at once, each in a thread
+    # the device last: core's multi-GPU runs branches on several devices at once, each in a thread
     uuids, cond = opts.get("uuids"), opts.get("cond_or_uncond")
-    return (uuids[0] if uuids else None, cond[0] if cond else None, opts.get(SAMPLE, 0), str(device))
+    return (uuids[0] if uuids else None, cond[0] if cond else None, opts.get(SAMPLE, 0), device)
 
 
 def _with_block_patches(opts: dict, patches: dict) -> dict:
@@ -325,9 +374,32 @@ def apply_released(model, deepcache: bool = True, released_schedule: bool = True
     m.add_wrapper_with_key(ext.WrappersMP.OUTER_SAMPLE, KEY, fwd.outer_sample)
     # the same four child modules whether txt_in is core's or already this patch's
     refiner = m.get_model_object("diffusion_model.txt_in")
-    m.add_object_patch("diffusion_model.txt_in", ReleasedTokenRefiner(refiner))
+    m.add_object_patch(REFINER, ReleasedTokenRefiner(refiner))
+    for name in MULTIGPU_CALLBACKS:  # 0.33+: core's per-device deep clones of this MODEL
+        call_type = getattr(ext.CallbacksMP, name, None)
+        if call_type is not None:
+            m.remove_callbacks_with_key(call_type, KEY)
+            m.add_callback_with_key(call_type, KEY, refiner_on_own_modules)
     m.set_attachments(KEY, fwd)
     return m
+
+
+REFINER = "diffusion_model.txt_in"
+MULTIGPU_CALLBACKS = ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES")
+
+
+def refiner_on_own_modules(original, clone) -> None:
+    """Core's multi-GPU callback: a clone of the MODEL on another device's model copies the object
+    patches as they are, so its refiner patch would run the first device's layers. It gets one on
+    the layers of its own model instead."""
+    import comfy.utils
+
+    if not isinstance(clone.object_patches.get(REFINER), ReleasedTokenRefiner):
+        return
+    core = clone.object_patches_backup.get(REFINER)  # its model's own txt_in while the patch is on
+    if core is None:
+        core = comfy.utils.get_attr(clone.model, REFINER)
+    clone.add_object_patch(REFINER, ReleasedTokenRefiner(core))
 
 
 def released_forward(model) -> ReleasedForward | None:

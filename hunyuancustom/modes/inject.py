@@ -17,10 +17,16 @@ Which batch entries are the negative branch comes from `transformer_options["con
 (core's sampler sets it: 0 = positive, 1 = negative, one entry per equal batch chunk); the
 negative branch gets the audio layers fed with zero audio, as the released pipeline does. A
 patch already installed on the same block is kept and called inside ours.
+
+Core's multi-GPU work units (0.33+) run these patches from one thread per device, each on its
+device's deep clone of the MODEL: the modules are deep-cloned with it (a ModelPatcher each, with a
+reload factory), and a patch uses the module set of the thread's device.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -58,6 +64,10 @@ class ModeInjection:
     background: BackgroundCondition | None = None
     patch_size: tuple[int, int, int] = (1, 2, 2)
     _cache: dict = field(default_factory=dict, repr=False)
+    # per device of core's multi-GPU: {"audio": AudioModules, "background": BackgroundModules}
+    _device_modules: dict = field(default_factory=dict, repr=False)
+    _roles: dict = field(default_factory=dict, repr=False)  # clone_base_uuid -> "audio" / "background"
+    _lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self):
         t, h, w = self.latent_shape
@@ -92,38 +102,53 @@ class ModeInjection:
                                             "was prepared for")
         return ref
 
-    def _audio_tokens(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def modules_for(self, role: str, worker):
+        """The `role` ("audio" / "background") modules that run for `worker` (core's multi-GPU
+        thread device, or None): that device's deep clone where core made one, else our own."""
+        own = (self.audio if role == "audio" else self.background).modules
+        return self._device_modules.get(worker, {}).get(role, own) if worker is not None else own
+
+    def _cached(self, key, make):
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    def _audio_tokens(self, device, worker=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per latent frame audio tokens [1, t, 4*m, C] for the positive and the negative branch,
         in the modules' own dtype."""
-        key = ("audio", device)
-        if key not in self._cache:
-            mods = self.audio.modules
+        mods = self.modules_for("audio", worker)
+
+        def make():
             dtype = _on_device(mods, device)
             w = self.audio.windows.to(device=device, dtype=dtype)
             with torch.no_grad():
                 pos = mods.audio_proj(w)
                 neg = mods.audio_proj(torch.zeros_like(w))
             t = self.frames_tokens[0]
-            self._cache[key] = (latent_frame_tokens(pos, t), latent_frame_tokens(neg, t))
-        return self._cache[key]
+            return latent_frame_tokens(pos, t), latent_frame_tokens(neg, t)
 
-    def _background_tokens(self, device, dtype) -> torch.Tensor:
-        key = ("bg", device, dtype)
-        if key not in self._cache:
-            mods = self.background.modules
+        return self._cached(("audio", device, worker), make)
+
+    def _background_tokens(self, device, dtype, worker=None) -> torch.Tensor:
+        mods = self.modules_for("background", worker)
+
+        def make():
             own = _on_device(mods, device)
             with torch.no_grad():
-                self._cache[key] = mods(self.background.latent.to(device=device, dtype=own)).to(dtype)
-        return self._cache[key]
+                return mods(self.background.latent.to(device=device, dtype=own)).to(dtype)
 
-    def add_background(self, img: torch.Tensor) -> torch.Tensor:
+        return self._cached(("bg", device, dtype, worker), make)
+
+    def add_background(self, img: torch.Tensor, transformer_options: dict | None = None) -> torch.Tensor:
         ref = self._split(img)
-        bg = self._background_tokens(img.device, img.dtype)
+        bg = self._background_tokens(img.device, img.dtype, _worker(transformer_options))
         return torch.cat([img[:, :ref], img[:, ref:] + bg], dim=1)
 
     def add_audio(self, layer: int, img: torch.Tensor, transformer_options: dict) -> torch.Tensor:
         ref = self._split(img)
-        pos, neg = self._audio_tokens(img.device)
+        worker = _worker(transformer_options)
+        pos, neg = self._audio_tokens(img.device, worker)
         b = img.shape[0]
         branches = list(transformer_options.get("cond_or_uncond") or [POSITIVE])
         if b % len(branches):
@@ -133,7 +158,8 @@ class ModeInjection:
         t, hw = self.frames_tokens
         video = img[:, ref:].reshape(b, t, hw, img.shape[-1])
         with torch.no_grad():
-            update = self.audio.modules.audio_models[layer](tokens, video.to(tokens.dtype)).to(img.dtype)
+            layers = self.modules_for("audio", worker).audio_models
+            update = layers[layer](tokens, video.to(tokens.dtype)).to(img.dtype)
         return torch.cat([img[:, :ref], img[:, ref:] + self.audio.strength * update.reshape(b, t * hw, -1)],
                          dim=1)
 
@@ -156,7 +182,8 @@ class ModeInjection:
         def patch(args: dict, extra: dict) -> dict:
             options = args.get("transformer_options") or {}
             if add_bg:  # on the whole image sequence, wherever an engine split it (see layout.py)
-                args = {**args, "img": on_whole_image(args["img"], options, self.add_background)}
+                args = {**args, "img": on_whole_image(args["img"], options,
+                                                      lambda img: self.add_background(img, options))}
             out = inner(args, extra) if inner is not None else extra["original_block"](args)
             if audio_layer is not None:
                 out = {**out, "img": on_whole_image(out["img"], options,
@@ -207,12 +234,38 @@ class ModeInjection:
         existing = (m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {}))
         for (name, index), fn in self.patches(existing).items():
             m.set_model_patch_replace(fn, "dit", name, index)
-        mods = [c.modules for c in (self.audio, self.background) if c is not None]
-        m.set_additional_models(MODEL_KEY, [_patcher(x, m) for x in mods])
+        roles = {"audio": self.audio, "background": self.background}
+        patchers = {role: _patcher(c.modules, m) for role, c in roles.items() if c is not None}
+        m.set_additional_models(MODEL_KEY, list(patchers.values()))
+        self._roles = {getattr(p, "clone_base_uuid", None): role for role, p in patchers.items()}
+        for name in MULTIGPU_CALLBACKS:  # 0.33+: core's per-device deep clones of this MODEL
+            call_type = getattr(ext.CallbacksMP, name, None)
+            if call_type is not None:
+                m.remove_callbacks_with_key(call_type, MODEL_KEY)
+                m.add_callback_with_key(call_type, MODEL_KEY, self.register_device_clone)
         return m
+
+    def register_device_clone(self, original, clone) -> None:
+        """Core's multi-GPU callback: `clone` is the MODEL on another device, its additional models
+        deep clones of ours (the same clone_base_uuid); the patches use those on that device."""
+        found = {}
+        for p in clone.get_additional_models_with_key(MODEL_KEY):
+            role = self._roles.get(getattr(p, "clone_base_uuid", None))
+            if role is not None:
+                found[role] = p.model
+        with self._lock:
+            self._device_modules[torch.device(clone.load_device)] = found
+            self._cache = {k: v for k, v in self._cache.items() if k[-1] != torch.device(clone.load_device)}
 
 
 MODEL_KEY = "hunyuancustom_modes"
+MULTIGPU_CALLBACKS = ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES")
+
+
+def _worker(transformer_options: dict | None):
+    """The device of core's multi-GPU thread running this call, or None outside it."""
+    device = (transformer_options or {}).get("multigpu_thread_device")
+    return torch.device(device) if device is not None else None
 
 
 def _patcher(mods: torch.nn.Module, model):
@@ -224,8 +277,26 @@ def _patcher(mods: torch.nn.Module, model):
                                                                              model.offload_device):
         patcher = comfy.model_patcher.ModelPatcher(mods, load_device=model.load_device,
                                                    offload_device=model.offload_device)
+        # core's reload factory (0.33+: multi-GPU deep clones); older cores never read it
+        patcher.cached_patcher_init = (copied_modules_patcher,
+                                       (mods, model.load_device, model.offload_device))
         mods.__dict__["_comfy_patcher"] = patcher
     return patcher
+
+
+def copied_modules_patcher(mods: torch.nn.Module, load_device, offload_device, disable_dynamic: bool = False):
+    """A ModelPatcher of a deep copy of `mods` (they are small): core's `cached_patcher_init`
+    factory for the mode modules. The copy gets a patcher of its own, not a copy of ours."""
+    mine = mods.__dict__.get("_comfy_patcher")
+    copied = copy.deepcopy(mods, {id(mine): None} if mine is not None else None)
+    copied.__dict__.pop("_comfy_patcher", None)
+    return _patcher(copied, _Devices(load_device, offload_device))
+
+
+@dataclass
+class _Devices:
+    load_device: Any
+    offload_device: Any
 
 
 def _on_device(mods: torch.nn.Module, device) -> torch.dtype:
