@@ -126,11 +126,14 @@ class AudioPrep:
 
 
 def prepare_audio(audio, whisper_model: str, audio_strength: float, frames: int, width: int,
-                  height: int) -> AudioPrep:
+                  height: int, check_latent=None) -> AudioPrep:
+    """`check_latent(latent_shape)`, if given, runs before the whisper encoder does."""
     audio_strength = audio_mode.check_strength(audio_strength)
     check_size(width, height)
     wave = audio_mode.waveform_from_audio(audio)
     n = audio_mode.video_frame_count(wave, frames)
+    if check_latent is not None:
+        check_latent(((n - 1) // 4 + 1, height // 8, width // 8))
     windows = audio_mode.audio_windows(wave, whisper_features(whisper_model), n)
     t = (n - 1) // 4 + 1
     fitted = audio_mode.fit_waveform(wave, n / audio_mode.FPS)
@@ -230,9 +233,12 @@ class EditingPrep:
 
 
 def prepare_editing(vae, mask, expand: int, max_frames: int, latent_format, video=None, frames=None,
-                    fps=25.0, audio=None) -> EditingPrep:
+                    fps=25.0, audio=None, check_latent=None) -> EditingPrep:
+    """`check_latent(latent_shape)`, if given, runs before the VAE does."""
     images, rate, wave = source_components(video, frames, fps, audio)
     clip = editing.prepare_source(images, mask, rate, expand=expand, max_frames=max_frames)
+    if check_latent is not None:
+        check_latent(clip.latent_shape)
     bg = editing.background_latent(clip, lambda x: vae.encode(x).to(torch.float32), latent_format.process_in)
     if wave is None:  # silence keeps Create Video's output uniform
         wave = audio_mode.Waveform(torch.zeros(1, 1), 44100)
