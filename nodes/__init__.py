@@ -11,7 +11,7 @@ from comfy_api.latest import ComfyExtension, io
 # Each module exports NODES. A module that cannot be imported (a missing optional dependency, a
 # ComfyUI version whose core API moved) is skipped with its traceback in the log, so one broken
 # group of nodes never takes the others down: the cloud nodes need nothing from core's models.
-_MODULES = ("cloud", "batch", "compose", "modes", "local")
+_MODULES = ("cloud", "batch", "compose", "modes", "local", "raylight")
 
 
 def node_list(modules: tuple[str, ...] = _MODULES, package: str = __name__) -> list[type[io.ComfyNode]]:

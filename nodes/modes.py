@@ -9,6 +9,7 @@ LATENT (its size and length) and passes it on to core's KSampler; Create Video p
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import folder_paths
@@ -16,11 +17,10 @@ import torch
 from comfy_api.latest import io
 
 from ..hunyuancustom.errors import ValidationError
-from ..hunyuancustom.local import released
 from ..hunyuancustom.modes import audio as audio_mode
 from ..hunyuancustom.modes import editing
 from ..hunyuancustom.modes.checkpoint import ModeModules, load_mode_modules, mode_modules_from_extras
-from ..hunyuancustom.modes.inject import AudioCondition, BackgroundCondition, ModeInjection
+from ..hunyuancustom.modes.patching import check_model, patch_audio, patch_editing
 from ..hunyuancustom.params import REF2V_720P
 
 FLOW_SHIFT = REF2V_720P.param("flow_shift")  # the same range as every ref2v node
@@ -60,21 +60,6 @@ def whisper_features(name: str) -> audio_mode.WhisperFeatures:
         _whisper_cache.clear()  # keep one encoder at most
         _whisper_cache[key] = audio_mode.WhisperFeatures(folder, device=device)
     return _whisper_cache[key]
-
-
-def check_model(model, width: int, min_blocks: int = 1, field: str = "model") -> None:
-    """The MODEL must be core's HunyuanVideo with the modules' width and enough double blocks."""
-    net = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if net is None or not hasattr(net, "double_blocks") or not hasattr(net, "img_in"):
-        raise ValidationError(field, "must be a HunyuanVideo / HunyuanCustom MODEL (load the mode's "
-                                     "checkpoint with Load Model (Local))")
-    hidden = getattr(net, "hidden_size", None)
-    if hidden != width:
-        raise ValidationError(field, f"is {hidden} wide but the mode modules are {width} wide: load the "
-                                     "MODEL and the modules from the same checkpoint")
-    if len(net.double_blocks) < min_blocks:
-        raise ValidationError(field, f"has {len(net.double_blocks)} double blocks; the mode needs "
-                                     f"{min_blocks}")
 
 
 def resolve_modules(model, mode_modules: ModeModules | None) -> ModeModules:
@@ -123,6 +108,36 @@ class LoadModeModules(io.ComfyNode):
         logging.info("[HunyuanCustom] %s: audio modules %s, editing modules %s", ckpt_name,
                      mods.audio is not None, mods.editing is not None)
         return io.NodeOutput(mods)
+
+
+@dataclass
+class AudioPrep:
+    """What Audio-Driven computes before touching a MODEL (shared with its Raylight version)."""
+
+    latent_shape: tuple[int, int, int]
+    windows: torch.Tensor  # whisper windows per frame, for `AudioCondition`
+    strength: float
+    fitted: audio_mode.Waveform  # the audio trimmed / padded to the clip
+
+    def outputs(self) -> tuple:
+        """(latent, audio, fps), the node's outputs after its MODEL."""
+        return ({"samples": torch.zeros(1, 16, *self.latent_shape)}, audio_output(self.fitted),
+                float(audio_mode.FPS))
+
+
+def prepare_audio(audio, whisper_model: str, audio_strength: float, frames: int, width: int,
+                  height: int, check_latent=None) -> AudioPrep:
+    """`check_latent(latent_shape)`, if given, runs before the whisper encoder does."""
+    audio_strength = audio_mode.check_strength(audio_strength)
+    check_size(width, height)
+    wave = audio_mode.waveform_from_audio(audio)
+    n = audio_mode.video_frame_count(wave, frames)
+    if check_latent is not None:
+        check_latent(((n - 1) // 4 + 1, height // 8, width // 8))
+    windows = audio_mode.audio_windows(wave, whisper_features(whisper_model), n)
+    t = (n - 1) // 4 + 1
+    fitted = audio_mode.fit_waveform(wave, n / audio_mode.FPS)
+    return AudioPrep((t, height // 8, width // 8), windows, audio_strength, fitted)
 
 
 class AudioDriven(io.ComfyNode):
@@ -176,17 +191,9 @@ class AudioDriven(io.ComfyNode):
         audio_strength = audio_mode.check_strength(audio_strength)
         mods = resolve_modules(model, mode_modules).require_audio()
         check_model(model, mods.width, max(mods.insert_after) + 1)
-        check_size(width, height)
-        wave = audio_mode.waveform_from_audio(audio)
-        n = audio_mode.video_frame_count(wave, frames)
-        windows = audio_mode.audio_windows(wave, whisper_features(whisper_model), n)
-        t = (n - 1) // 4 + 1
-        inj = ModeInjection((t, height // 8, width // 8),
-                            audio=AudioCondition(mods, windows, audio_strength))
-        latent = torch.zeros(1, 16, t, height // 8, width // 8)
-        fitted = audio_mode.fit_waveform(wave, n / audio_mode.FPS)
-        return io.NodeOutput(inj.patch_model(model), {"samples": latent}, audio_output(fitted),
-                             float(audio_mode.FPS))
+        prep = prepare_audio(audio, whisper_model, audio_strength, frames, width, height)
+        patched = patch_audio(model, mods, prep.latent_shape, prep.windows, prep.strength)
+        return io.NodeOutput(patched, *prep.outputs())
 
 
 def source_components(video, frames, fps, audio):
@@ -209,6 +216,33 @@ def source_components(video, frames, fps, audio):
     else:
         images, rate, wave = frames, fps, audio
     return images, rate, (audio_mode.waveform_from_audio(wave) if wave is not None else None)
+
+
+@dataclass
+class EditingPrep:
+    """What Video-Driven computes before touching a MODEL (shared with its Raylight version)."""
+
+    background: torch.Tensor  # [1, 32, t, h, w]: the masked source and the mask, encoded
+    clip: editing.SourceClip
+    fitted: audio_mode.Waveform
+
+    def outputs(self) -> tuple:
+        """(latent, audio, fps, masked_frames), the node's outputs after its MODEL."""
+        return ({"samples": torch.zeros(1, 16, *self.clip.latent_shape)}, audio_output(self.fitted),
+                self.clip.fps, self.clip.masked)
+
+
+def prepare_editing(vae, mask, expand: int, max_frames: int, latent_format, video=None, frames=None,
+                    fps=25.0, audio=None, check_latent=None) -> EditingPrep:
+    """`check_latent(latent_shape)`, if given, runs before the VAE does."""
+    images, rate, wave = source_components(video, frames, fps, audio)
+    clip = editing.prepare_source(images, mask, rate, expand=expand, max_frames=max_frames)
+    if check_latent is not None:
+        check_latent(clip.latent_shape)
+    bg = editing.background_latent(clip, lambda x: vae.encode(x).to(torch.float32), latent_format.process_in)
+    if wave is None:  # silence keeps Create Video's output uniform
+        wave = audio_mode.Waveform(torch.zeros(1, 1), 44100)
+    return EditingPrep(bg, clip, audio_mode.fit_waveform(wave, clip.seconds))
 
 
 class VideoDriven(io.ComfyNode):
@@ -270,18 +304,10 @@ class VideoDriven(io.ComfyNode):
                 video=None, frames=None, fps=25.0, audio=None) -> io.NodeOutput:
         mods = resolve_modules(model, mode_modules).require_editing()
         check_model(model, mods.bg_proj.out_features)
-        images, rate, wave = source_components(video, frames, fps, audio)
-        clip = editing.prepare_source(images, mask, rate, expand=expand, max_frames=max_frames)
-        latent_format = model.get_model_object("latent_format")
-        bg = editing.background_latent(clip, lambda x: vae.encode(x).to(torch.float32),
-                                       latent_format.process_in)
-        inj = ModeInjection(clip.latent_shape, background=BackgroundCondition(mods, bg))
-        latent = torch.zeros(1, 16, *clip.latent_shape)
-        if wave is None:  # silence keeps Create Video's output uniform
-            wave = audio_mode.Waveform(torch.zeros(1, 1), 44100)
-        fitted = audio_mode.fit_waveform(wave, clip.seconds)
-        patched = released.with_flow_shift(inj.patch_model(model), flow_shift)
-        return io.NodeOutput(patched, {"samples": latent}, audio_output(fitted), clip.fps, clip.masked)
+        prep = prepare_editing(vae, mask, expand, max_frames, model.get_model_object("latent_format"),
+                               video, frames, fps, audio)
+        patched = patch_editing(model, mods, prep.background, flow_shift)
+        return io.NodeOutput(patched, *prep.outputs())
 
 
 NODES = [LoadModeModules, AudioDriven, VideoDriven]

@@ -135,7 +135,7 @@ def browser_run(tmp_path_factory):
                                 fail_if_prompt_contains=FAIL_MARKER)) as api, \
             _comfy_with_models(tmp, {"WAVESPEED_API_BASE": api.base_url}) as comfy:
         workflows = {}
-        for path in sorted((REPO / "example_workflows").iterdir()):
+        for path in sorted(p for p in (REPO / "example_workflows").iterdir() if p.is_file()):
             if path.suffix == ".json":
                 workflows[path.name] = json.loads(path.read_text())
             else:  # the sample inputs the workflows load, where the README says to put them

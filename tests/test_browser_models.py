@@ -43,7 +43,7 @@ def shown(tmp_path_factory):
     modules = _ensure_playwright()
     tmp = tmp_path_factory.mktemp("browser-models")
     server = ComfyServer(tmp / "comfy")  # no model files at all
-    for path in (REPO / "example_workflows").iterdir():
+    for path in (p for p in (REPO / "example_workflows").iterdir() if p.is_file()):
         if path.suffix != ".json":
             shutil.copy(path, server.input_dir / path.name)
     try:

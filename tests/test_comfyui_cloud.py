@@ -44,7 +44,7 @@ def comfy(api, tmp_path_factory):
         # The key reaches ComfyUI only through the pack's key file, as the Settings dialog stores it.
         (server.data_dir / "api_key").write_text(SECRET)
         # As the README tells users: the sample inputs go into ComfyUI/input.
-        for asset in (REPO / "example_workflows").iterdir():
+        for asset in (p for p in (REPO / "example_workflows").iterdir() if p.is_file()):
             if asset.suffix != ".json":
                 shutil.copy(asset, server.input_dir / asset.name)
         yield server

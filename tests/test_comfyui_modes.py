@@ -150,7 +150,7 @@ def comfy(api, tmp_path_factory):
         server.start()
         (server.data_dir / "api_key").write_text(SECRET)
         # As the README tells users: the sample inputs go into ComfyUI/input.
-        for asset in EXAMPLES.iterdir():
+        for asset in (p for p in EXAMPLES.iterdir() if p.is_file()):
             if asset.suffix != ".json":
                 shutil.copy(asset, server.input_dir / asset.name)
         write_inputs(server.input_dir)

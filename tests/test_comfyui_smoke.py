@@ -78,3 +78,20 @@ def test_harness_reports_a_refused_graph_with_its_node_errors(comfy):
     with pytest.raises(ComfyError, match="refused the prompt") as err:
         comfy.queue(graph)
     assert err.value.details["error"]["type"] == "prompt_no_outputs"
+
+
+def test_raylight_nodes_are_registered_without_raylight(comfy):
+    # The (Ray) nodes import `ray` only when they run: this server has no Raylight in custom_nodes.
+    info = comfy.object_info()
+    assert "RayInitializer" not in info
+    expected = {
+        "HunyuanCustomReleasedRecipeRay": ["ray_actors"],
+        "HunyuanCustomAudioDrivenRay": ["ray_actors", "latent", "audio", "fps"],
+        "HunyuanCustomVideoDrivenRay": ["ray_actors", "latent", "audio", "fps", "masked_frames"],
+    }
+    for name, outputs in expected.items():
+        assert name in info, f"{name} not in /object_info\n{comfy.log_tail()}"
+        node = info[name]
+        assert node["category"] == "HunyuanCustom/Raylight"
+        assert node["output"][0] == "RAY_ACTORS" and node["output_name"] == outputs
+        assert node["input"]["required"]["ray_actors"][0] == "RAY_ACTORS"

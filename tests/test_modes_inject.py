@@ -130,3 +130,32 @@ def test_mismatched_sizes_are_refused_before_sampling(audio_mods, bg_mods):
     inj = ModeInjection(LATENT, audio=AudioCondition(audio_mods, windows()))
     with pytest.raises(ValidationError, match="not the size"):
         call(inj.patches()[("double_block", 1)], torch.randn(1, 10, WIDTH))
+
+
+def test_applying_a_mode_again_replaces_its_patches_and_keeps_an_earlier_one_once(audio_mods, bg_mods):
+    # A stateful Raylight worker keeps its patched model: the mode node run again patches it again.
+    calls = []
+
+    def earlier(args, extra):
+        calls.append(1)
+        return extra["original_block"](args)
+
+    bg = BackgroundCondition(bg_mods, torch.randn(1, 32, *LATENT))
+    inj = ModeInjection(LATENT, audio=AudioCondition(audio_mods, windows()), background=bg)
+    options = {"patches_replace": {"dit": {("double_block", 1): earlier}}}
+    once = inj.apply(options)
+    twice = inj.apply(once)
+    img = torch.randn(1, REF_TOKENS + VIDEO_TOKENS, WIDTH)
+    for key in once["patches_replace"]["dit"]:
+        calls.clear()
+        a = call(once["patches_replace"]["dit"][key], img)["img"]
+        b = call(twice["patches_replace"]["dit"][key], img)["img"]
+        assert torch.equal(a, b), key  # the audio / background added once, not twice
+        assert len(calls) == (key == ("double_block", 1)) * 2  # the earlier patch: once per call
+    # Another mode applied over this one replaces it everywhere: block 0 gets back what it had.
+    audio_only = ModeInjection(LATENT, audio=AudioCondition(audio_mods, windows(2)))
+    swapped = audio_only.apply(twice)["patches_replace"]["dit"]
+    assert set(swapped) == {("double_block", i) for i in (1, 3, 5, 7, 9, 11)}
+    fresh = audio_only.apply(options)["patches_replace"]["dit"]
+    for key in fresh:
+        assert torch.equal(call(swapped[key], img)["img"], call(fresh[key], img)["img"]), key

@@ -106,3 +106,35 @@ def mode_modules_from_extras(extras: dict[str, dict[str, torch.Tensor]] | None, 
                                               "Load Mode Modules, or load the audio / editing "
                                               "checkpoint with Load Model (Local)")
     return mode_modules_from_tensors(merged, source)
+
+
+def mode_kinds(path: str | Path) -> set[str] | None:
+    """Which module sets ("audio", "editing") a checkpoint holds, from its key names only, for a
+    check before the modules are read elsewhere; None for a pickle that cannot be memory-mapped
+    (reading it would read the whole file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError("ckpt_name", f"file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise ValidationError("ckpt_name", f"{path.name} is not a readable safetensors file "
+                                               f"({type(e).__name__}: {str(e)[:200]})") from None
+    else:
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            return None
+        except Exception as e:  # unpickling errors come in many types
+            raise ValidationError("ckpt_name", f"{path.name} is not a readable checkpoint "
+                                               f"({type(e).__name__}: {str(e)[:200]})") from None
+        if isinstance(sd, dict) and len(sd) == 1 and isinstance(next(iter(sd.values())), dict):
+            sd = next(iter(sd.values()))
+        keys = list(sd) if isinstance(sd, dict) else []
+    found = set(select_keys({k: None for k in keys}, MODE_PREFIXES))
+    return {kind for kind, prefixes in (("audio", AUDIO_PREFIXES), ("editing", EDITING_PREFIXES))
+            if any(k.startswith(prefixes) for k in found)}

@@ -16,7 +16,8 @@ followed by the video tokens, in (t, h, w) order. That is enough for both modes:
 Which batch entries are the negative branch comes from `transformer_options["cond_or_uncond"]`
 (core's sampler sets it: 0 = positive, 1 = negative, one entry per equal batch chunk); the
 negative branch gets the audio layers fed with zero audio, as the released pipeline does. A
-patch already installed on the same block is kept and called inside ours.
+patch already installed on the same block is kept and called inside ours; a patch of ours already
+there (the mode applied again, e.g. on a stateful Raylight worker) is replaced, never nested.
 
 Core's multi-GPU work units (0.33+) run these patches from one thread per device, each on its
 device's deep clone of the MODEL: the modules are deep-cloned with it (a ModelPatcher each, with a
@@ -190,21 +191,32 @@ class ModeInjection:
                                                     lambda img: self.add_audio(audio_layer, img, options))}
             return out
 
+        # the tag: what was on the block before us, so a later application replaces this patch
+        setattr(patch, _INNER, inner)
         return patch
 
     def patches(self, existing: dict | None = None) -> dict[tuple[str, int], PatchFn]:
         """{("double_block", i): patch} for `transformer_options["patches_replace"]["dit"]`."""
         existing = existing or {}
-        return {("double_block", i): self.make_patch(i, existing.get(("double_block", i)))
+        return {("double_block", i): self.make_patch(i, foreign_patch(existing.get(("double_block", i))))
                 for i in self.blocks()}
+
+    def installed(self, existing: dict) -> dict:
+        """The `patches_replace["dit"]` entries with this injection's patches in place of any the
+        pack's modes put there before (the blocks they no longer patch get back what they wrapped)."""
+        dit = {}
+        for key, fn in existing.items():
+            inner = foreign_patch(fn)
+            if inner is not None:
+                dit[key] = inner
+        dit.update(self.patches(existing))
+        return dit
 
     def apply(self, transformer_options: dict[str, Any]) -> dict[str, Any]:
         """A copy of `transformer_options` with the patches installed (the input is not changed)."""
         to = dict(transformer_options)
         replace = dict(to.get("patches_replace") or {})
-        dit = dict(replace.get("dit") or {})
-        dit.update(self.patches(dit))
-        replace["dit"] = dit
+        replace["dit"] = self.installed(dict(replace.get("dit") or {}))
         to["patches_replace"] = replace
         return to
 
@@ -231,9 +243,10 @@ class ModeInjection:
         m = model.clone()
         m.remove_wrappers_with_key(ext.WrappersMP.DIFFUSION_MODEL, MODEL_KEY)
         m.add_wrapper_with_key(ext.WrappersMP.DIFFUSION_MODEL, MODEL_KEY, self.check_latent)
-        existing = (m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {}))
-        for (name, index), fn in self.patches(existing).items():
-            m.set_model_patch_replace(fn, "dit", name, index)
+        # new dicts all the way down, as core's own set_model_patch_replace builds them (a clone may
+        # share nested dicts with its parent); core has no call that removes a block patch
+        options = m.model_options.get("transformer_options") or {}
+        m.model_options = {**m.model_options, "transformer_options": self.apply(options)}
         roles = {"audio": self.audio, "background": self.background}
         patchers = {role: _patcher(c.modules, m) for role, c in roles.items() if c is not None}
         m.set_additional_models(MODEL_KEY, list(patchers.values()))
@@ -266,6 +279,16 @@ def _worker(transformer_options: dict | None):
     """The device of core's multi-GPU thread running this call, or None outside it."""
     device = (transformer_options or {}).get("multigpu_thread_device")
     return torch.device(device) if device is not None else None
+
+
+_INNER = "_hunyuancustom_mode_inner"  # attribute that marks a block patch as the modes' own
+
+
+def foreign_patch(fn: PatchFn | None) -> PatchFn | None:
+    """`fn` without the modes' own patches around it: what another pack or the user installed."""
+    while fn is not None and hasattr(fn, _INNER):
+        fn = getattr(fn, _INNER)
+    return fn
 
 
 def _patcher(mods: torch.nn.Module, model):

@@ -47,7 +47,7 @@ def main() -> int:
         base = Path(tmp)
         server = ComfyServer(base / "comfy", models_config=stand_in_models(base))
         workflows = {}
-        for path in sorted(EXAMPLES.iterdir()):
+        for path in sorted(p for p in EXAMPLES.iterdir() if p.is_file()):
             if path.suffix == ".json":
                 workflows[path.name] = json.loads(path.read_text())
             else:
