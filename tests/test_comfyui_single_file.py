@@ -68,3 +68,37 @@ def test_core_load_diffusion_model_reads_it_and_the_recipe_takes_it(files):
     assert (out - reference).norm() / reference.norm() < 0.1  # core applies the scales itself
     patched = nodes_local.ReleasedRecipe.execute(core).result[0]
     assert patched is not core and patched.model is core.model
+
+
+def test_a_converted_checkpoint_loads_through_cores_loader_as_raylight_loads_it(tmp_path):
+    """Raylight's RayUNETLoader builds each worker's model with core's `load_diffusion_model`, so the
+    README and the Raylight example tell users to convert the released fp8 .pt first: the converted
+    file (an editing checkpoint here, its mode modules kept) must load there and compute what the
+    pack's own loader computes from the .pt, and the (Ray) mode nodes read the modules back from it."""
+    import_comfy()
+    import comfy.sd
+    from local_models import write_released_fp8
+    from modes_models import editing_state_dict
+
+    from hunyuancustom.local import comfy_model
+    from hunyuancustom.local.checkpoint import convert_to_safetensors
+    from hunyuancustom.modes.checkpoint import load_mode_modules
+
+    sd = backbone_state_dict(seed=12, double=2, single=2, dtype=torch.bfloat16)
+    sd.update(editing_state_dict(width=128))
+    pt, _ = write_released_fp8(tmp_path / "mp_rank_00_model_states_fp8.pt", sd)
+    out = tmp_path / "hunyuancustom_editing_720P_fp8.safetensors"
+    convert_to_safetensors(pt, out)
+
+    reference = _velocity(comfy_model.load_model(pt, fp8="dequantize")[0])
+    core = comfy.sd.load_diffusion_model(str(out))
+    assert type(core.model.diffusion_model).__name__ == "HunyuanVideo"
+    weight = core.model.diffusion_model.double_blocks[0].img_attn.qkv.weight
+    # kept in fp8: a float8 tensor (0.3.64) or core's QuantizedTensor over fp8 storage (0.33.0)
+    assert weight.dtype == torch.float8_e4m3fn or type(weight).__name__ == "QuantizedTensor"
+    got = _velocity(core)
+    # core applies the fp8 scales itself (0.33.0: 1.9%, 0.3.64 computes in its own dtype: 4.4%; the
+    # same weights without their scales are about 86% off)
+    assert (got - reference).norm() / reference.norm() < 0.1
+    modules = load_mode_modules(out)
+    assert modules.editing is not None and modules.audio is None
