@@ -43,6 +43,8 @@ pytestmark = requires_comfyui
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "example_workflows"
 WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
+# core's multi-GPU example: core nodes and the pack's only (the Raylight one has its own test)
+MULTIGPU = sorted((EXAMPLES / "multigpu").glob("*.json"))
 SUBJECT_REPLACE = EXAMPLES / "HunyuanCustom Subject Replace (Local).json"
 # Nodes a run of an example reaches first: with empty model files and no key, a run must stop at
 # one of these, never in sampling or decoding.
@@ -111,6 +113,15 @@ def test_example_workflow_passes_prompt_validation(comfy, api, info, path):
     assert failed["node_type"] in FIRST_NODES, failed
     # no key was ever configured: nothing reached the (loopback) provider
     assert [r for r in api.requests if r.method == "POST"] == []
+
+
+@pytest.mark.parametrize("path", MULTIGPU, ids=lambda p: p.stem)
+def test_multigpu_example_passes_prompt_validation_where_core_has_multigpu(comfy, api, info, path):
+    wf = json.loads(path.read_text())
+    if "MultiGPU_WorkUnits" not in info:
+        pytest.skip(f"core at {comfyui_path()} has no MultiGPU CFG Split node (MultiGPU_WorkUnits: "
+                    "ComfyUI 0.33+), which this example is for")
+    test_example_workflow_passes_prompt_validation(comfy, api, info, path)
 
 
 def test_load_image_as_mask_with_its_old_widget_order_is_refused(comfy, info):

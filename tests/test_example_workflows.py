@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_workflows"
-WORKFLOWS = sorted(EXAMPLES.glob("*.json"))
+WORKFLOWS = sorted(EXAMPLES.glob("*.json"))  # the template browser's: the top folder only
+# with those that need more than one GPU (example_workflows/multigpu/, example_workflows/raylight/)
+ALL_WORKFLOWS = sorted(EXAMPLES.rglob("*.json"))
 LOADERS = ("LoadImage", "LoadImageMask", "LoadAudio", "LoadVideo")
 
 
@@ -19,6 +21,12 @@ def test_there_is_an_example_for_each_mode():
         "HunyuanCustom Ref2V (Cloud).json", "HunyuanCustom Ref2V Batch (Cloud).json",
         "HunyuanCustom Virtual Try-On (Cloud).json", "HunyuanCustom Ref2V (Local).json",
         "HunyuanCustom Singing Avatar (Local).json", "HunyuanCustom Subject Replace (Local).json"}
+
+
+def test_there_is_an_example_for_each_way_to_use_more_than_one_gpu():
+    assert {p.relative_to(EXAMPLES).as_posix() for p in ALL_WORKFLOWS} - {p.name for p in WORKFLOWS} == {
+        "multigpu/HunyuanCustom Ref2V (Local, 2 GPUs).json",  # core's MultiGPU CFG Split
+        "raylight/HunyuanCustom Ref2V (Raylight).json"}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
@@ -32,7 +40,7 @@ def test_the_template_browser_shows_a_picture_and_a_readable_title(path):
     assert path.stem.startswith("HunyuanCustom ") and "_" not in path.stem, path.stem
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", ALL_WORKFLOWS, ids=lambda p: p.stem)
 def test_a_note_on_the_canvas_names_every_sample_file_the_workflow_loads(path):
     wf = json.loads(path.read_text())
     notes = [n for n in wf["nodes"] if n["type"] == "MarkdownNote"]
@@ -107,7 +115,7 @@ def test_local_examples_sample_with_core_ksampler_left_to_right(name):
 LOADER_FOLDERS = {"VAELoader": "vae", "DualCLIPLoader": "text_encoders", "CLIPVisionLoader": "clip_vision"}
 
 
-@pytest.mark.parametrize("path", [p for p in WORKFLOWS if p.stem.endswith("(Local)")], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in ALL_WORKFLOWS if "(Local" in p.stem], ids=lambda p: p.stem)
 def test_local_examples_carry_download_metadata_for_every_safetensors_file(path):
     """The front end offers a missing file for download when the node that loads it names it in
     `properties.models` (name, url, directory), as core's own HunyuanVideo template does; it only
