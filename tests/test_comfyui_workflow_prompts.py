@@ -117,7 +117,6 @@ def test_example_workflow_passes_prompt_validation(comfy, api, info, path):
 
 @pytest.mark.parametrize("path", MULTIGPU, ids=lambda p: p.stem)
 def test_multigpu_example_passes_prompt_validation_where_core_has_multigpu(comfy, api, info, path):
-    wf = json.loads(path.read_text())
     if "MultiGPU_WorkUnits" not in info:
         pytest.skip(f"core at {comfyui_path()} has no MultiGPU CFG Split node (MultiGPU_WorkUnits: "
                     "ComfyUI 0.33+), which this example is for")
