@@ -233,6 +233,8 @@ def run_config(mm, patcher, size, args, frames, offload, width, height, side_by_
              "weights_on_gpu_gb": on_gpu, "status": "ok"}
         if side_by_side:
             r.update(gpus=len(devices), devices=[str(d) for d in devices],
+                     device_names=[torch.cuda.get_device_name(d) if d.type == "cuda" else "cpu"
+                                   for d in devices],
                      peak_gb_per_device=[torch.cuda.max_memory_allocated(d) / GB if d.type == "cuda" else None
                                          for d in devices],
                      # passes per device as the pack's forward counted them: which devices ran work
