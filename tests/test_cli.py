@@ -283,8 +283,11 @@ def test_ctrl_c_stops_a_batch_and_running_it_again_resumes_it(api, ref, tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAVESPEED_")}
     env.update(PYTHONPATH=str(REPO), WAVESPEED_API_KEY="test-key")
     args = ["batch", str(jobs), "--concurrency", "2", "--api-base", api.base_url, "--json"]
+    # Ctrl-C as a terminal sends it: a test run started in the background (`cmd &`, nohup) ignores
+    # SIGINT, and a child inherits that, so Python would never raise KeyboardInterrupt in it
     proc = subprocess.Popen([sys.executable, "-m", "hunyuancustom", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while api.stats()["submits"] < 2 or api.stats()["result_gets"] < 2:
         assert proc.poll() is None and time.monotonic() < deadline
