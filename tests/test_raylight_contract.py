@@ -6,7 +6,7 @@ patches as the (Ray) nodes ship them (made here by the pack imported under Comfy
 cloudpickled, loaded in workers that cannot import the pack by any name: C10) and applied twice
 (C9); core runs the same cases in this process with the one-GPU patches applied once; float32
 results must agree to 1e-5. Each case's docstring in the harness names the Raylight fixes
-(contrib/raylight/README.md) it needs.
+(contrib/raylight/README.md) it needs; two more runs leave fixes out and show the cases fail.
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ def _run(setup, name: str, patches: list, engines: list[str], only: list[str] | 
     raylight_dir = harness.prepare_raylight(out, patches)
     return harness.run_workers(raylight_dir, engines, out, _free_port(), setup["shipped"], setup["models"],
                                only)
+
+
+def _patches_without(*numbers: str) -> list:
+    import raylight_harness as harness
+
+    return [p for p in harness.patch_files() if p.name[:2] not in numbers]
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +179,47 @@ def test_shipped_functions_load_and_run_where_the_pack_cannot_be_imported_by_any
         assert Path(t["pack_file"]).resolve() == harness.REPO / "hunyuancustom" / "__init__.py"
         assert t["comfyui_names"] == []
 
+
+# --- the fixes are needed: the same workers on Raylight with some of contrib/raylight left out ----
+
+
+@pytest.fixture(scope="module")
+def without_r1_r5(setup):
+    """Every fix but 03 (R1, block_wrap) and 04 (R5, per-rank branch options)."""
+    workers = _run(setup, "without-03-04", _patches_without("03", "04"), ["usp", "cfg"],
+                   only=["editing", "audio", "cfg_parallel"])
+    return {k: [w[k] for w in workers] for k in ("usp", "cfg")}
+
+
+@pytest.mark.parametrize("case", ["editing", "audio"])
+def test_without_r1_the_modes_fail_with_raylights_block_wrap_keyerror(without_r1_r5, case):
+    for res in without_r1_r5["usp"]:
+        err = res[case]
+        assert isinstance(err, dict) and err["error"] == "KeyError: 'img'", err
+
+
+def test_without_r5_cfg_parallel_audio_is_refused_not_given_to_the_negative_branch(without_r1_r5):
+    for res in without_r1_r5["cfg"]:
+        err = res["cfg_parallel"]
+        assert isinstance(err, dict), "ran: a branch got audio it should not have, or none it should"
+        assert err["error"].startswith("EngineError: the audio mode got a batch of 1 with cond_or_uncond "
+                                       "[0, 1]"), err
+        assert "04-cfg-per-rank-branch-options.patch (R5)" in err["error"], err
+
+
+@pytest.fixture(scope="module")
+def without_r2(setup):
+    """Fixes 01-04 only: the text is zero-padded to a multiple of 2 and split (no 05, nor 06/07, which
+    build on it)."""
+    workers = _run(setup, "without-05-07", _patches_without("05", "06", "07"), ["usp"],
+                   only=["plain", "released_masks", "odd_text"])
+    return [w["usp"] for w in workers]
+
+
+def test_without_r2_odd_text_lengths_differ_from_core(without_r2, reference):
+    for rank, res in enumerate(without_r2):
+        _assert_close(res["plain"], reference["plain"], f"plain (rank {rank})")  # the run itself is sound
+        for case in ("released_masks", "odd_text"):  # 5 of 9 masked, 7 text tokens: one zero pad
+            got, want = _result(res[case], case), _result(reference[case], case)
+            diff = (got - want).abs().max().item()
+            assert diff > 100 * TOL, f"{case} (rank {rank}): max |diff| {diff:.3g}: R2 made no difference"
