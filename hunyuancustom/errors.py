@@ -28,6 +28,11 @@ class KeyRootError(ConfigError):
     """The API key was set for another server than the one a request would go to: not sent."""
 
 
+class EngineError(HunyuanCustomError, RuntimeError):
+    """The engine running the model (core's sampler, a multi-GPU engine) handed the pack's patches a
+    call they cannot run correctly: refused instead of a silently different video."""
+
+
 class Interrupted(HunyuanCustomError):
     """The user cancelled (ComfyUI's Cancel, Ctrl-C in the CLI)."""
 

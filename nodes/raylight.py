@@ -15,11 +15,11 @@ from comfy_api.latest import io
 
 from ..hunyuancustom.errors import ValidationError
 from ..hunyuancustom.local import released
+from ..hunyuancustom.local.layout import check_clip_split
 from ..hunyuancustom.modes import audio as audio_mode
 from ..hunyuancustom.modes import editing
 from ..hunyuancustom.modes.checkpoint import mode_kinds
 from ..hunyuancustom.params import check_value
-from ..hunyuancustom.raylight.layout import check_divisible
 from ..hunyuancustom.raylight.transport import sequence_degree_reader, worker_function
 from .local import _deepcache_input
 from .modes import FLOW_SHIFT, prepare_audio, prepare_editing, whisper_choices
@@ -170,7 +170,7 @@ class AudioDrivenRay(io.ComfyNode):
         ray = _ray()
         degree = sequence_degree(ray, workers)
         prep = prepare_audio(audio, whisper_model, audio_strength, frames, width, height,
-                             check_latent=lambda shape: check_divisible(shape, degree, "frames"))
+                             check_latent=lambda shape: check_clip_split("frames", shape, degree))
         ship(ray, workers, worker_function("apply_audio_mode", checkpoint=path,
                                            latent_shape=prep.latent_shape, windows=prep.windows.cpu(),
                                            strength=float(prep.strength)))
@@ -237,7 +237,7 @@ class VideoDrivenRay(io.ComfyNode):
         # the workers' MODEL is not here: HunyuanVideo's latent format is core's, by name
         prep = prepare_editing(vae, mask, expand, max_frames, comfy.latent_formats.HunyuanVideo(), video,
                                frames, fps, audio,
-                               check_latent=lambda shape: check_divisible(shape, degree, "video"))
+                               check_latent=lambda shape: check_clip_split("video", shape, degree))
         ship(ray, workers, worker_function("apply_editing_mode", checkpoint=path,
                                            background=prep.background.cpu(), flow_shift=float(flow_shift)))
         return io.NodeOutput(ray_actors, *prep.outputs())

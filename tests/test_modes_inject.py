@@ -6,7 +6,7 @@ import pytest
 import torch
 from modes_models import WIDTH, audio_state_dict, editing_state_dict
 
-from hunyuancustom.errors import ValidationError
+from hunyuancustom.errors import EngineError, ValidationError
 from hunyuancustom.modes.audio import AudioModules, latent_frame_tokens
 from hunyuancustom.modes.editing import BackgroundModules
 from hunyuancustom.modes.inject import AudioCondition, BackgroundCondition, ModeInjection
@@ -81,6 +81,28 @@ def test_negative_branch_hears_silence(audio_mods):
     assert torch.allclose(out[0] - img[0], neg[0], atol=1e-5)
     assert torch.allclose(out[1] - img[1], pos[0], atol=1e-5)
     assert not torch.allclose(neg, pos, atol=1e-3)
+
+
+def test_two_videos_per_branch_each_get_their_branch(audio_mods):
+    # core's batch_size 2: cond_or_uncond [0, 1] over a batch of 4 = 2 positive, then 2 negative
+    w = windows()
+    inj = ModeInjection(LATENT, audio=AudioCondition(audio_mods, w, strength=1.0))
+    img = torch.randn(4, VIDEO_TOKENS, WIDTH)
+    out = call(inj.patches()[("double_block", 1)], img, {"cond_or_uncond": [0, 1]})["img"]
+    for i, silent in enumerate((False, False, True, True)):
+        want = expected_audio_update(audio_mods, torch.zeros_like(w) if silent else w, 0, img[i:i + 1], 1.0)
+        assert torch.allclose(out[i] - img[i], want[0], atol=1e-5), i
+
+
+def test_a_batch_its_branch_list_does_not_divide_is_refused_not_guessed(audio_mods):
+    # Unpatched Raylight CFG-parallel: each rank runs batch 1 but keeps cond_or_uncond [1, 0]; the
+    # audio must not silently go to whichever branch a guess picks (the negative would hear it).
+    inj = ModeInjection(LATENT, audio=AudioCondition(audio_mods, windows(), strength=1.0))
+    img = torch.randn(1, REF_TOKENS + VIDEO_TOKENS, WIDTH)
+    for branches in ([1, 0], [0, 1], [1, 1, 0]):
+        with pytest.raises(EngineError, match=r"batch of 1 with cond_or_uncond") as e:
+            call(inj.patches()[("double_block", 1)], img, {"cond_or_uncond": branches})
+        assert "CFG-parallel" in str(e.value) and "04-cfg-per-rank-branch-options.patch (R5)" in str(e.value)
 
 
 def test_background_tokens_enter_double_block_0_on_the_video_tokens(bg_mods):

@@ -22,10 +22,10 @@ from raylight_double import LATENT, WIDTH, WorkerDouble, sample, tiny_model
 
 from comfyui_harness import comfyui_path, import_comfy, import_pack, requires_comfyui
 from hunyuancustom.errors import ValidationError
+from hunyuancustom.local.layout import check_clip_split, clip_image_tokens, split_refusal
 from hunyuancustom.local.released import apply_released
 from hunyuancustom.modes.checkpoint import load_mode_modules
 from hunyuancustom.modes.patching import patch_audio, patch_editing
-from hunyuancustom.raylight.layout import check_divisible, image_tokens
 
 pytestmark = requires_comfyui
 
@@ -213,6 +213,8 @@ def test_token_counts_the_sequence_degree_does_not_divide_are_refused_before_shi
     with pytest.raises(ValidationError, match="27 image tokens.*degree 2") as e:
         nodes.AudioDrivenRay.execute(ra, AUDIO_CKPT, tone(), "whisper-tiny", 0.8, 5, 48, 48)
     assert e.value.field == "frames"
+    # the one wording, shared with the forward-time refusal (the contract test checks that side)
+    assert e.value.problem == split_refusal([18, 9], 2) and "allowed:" in e.value.problem
     assert ray.get(ra["workers"][0].runner_calls.remote()) == 0  # nothing was shipped
     # 9 frames of 48x32 (24 tokens) divide 2: shipped
     nodes.AudioDrivenRay.execute(ra, AUDIO_CKPT, tone(), "whisper-tiny", 0.8, 9, 48, 32)
@@ -234,8 +236,11 @@ def test_image_token_counts_of_the_released_sizes():
     # 720p x 129 frames and 480p (832x480) x 129: what the README promises divides 2, 4 and 8
     for (w, h), n in (((1280, 720), 122_400), ((832, 480), 53_040)):
         shape = (33, h // 8, w // 8)
-        assert image_tokens(shape) == n
+        assert sum(clip_image_tokens(shape)) == n
         for degree in (2, 4, 8):
-            check_divisible(shape, degree)
-    with pytest.raises(ValidationError, match="degree 8"):
-        check_divisible((33, 90, 162), 8)  # 1296x720: 34 x 45 x 81 tokens
+            check_clip_split("latent", shape, degree)
+    wording = r"^video: 123930 image tokens \(120285 video \+ 3645 reference\) do not divide by the " \
+              r"sequence-parallel degree 8"
+    with pytest.raises(ValidationError, match=wording) as e:
+        check_clip_split("video", (33, 90, 162), 8)  # 1296x720: 34 x 45 x 81 tokens
+    assert e.value.field == "video"

@@ -58,19 +58,50 @@ def sequence_parallel_degree(net) -> int:
     return int(dist.get_sequence_parallel_world_size())
 
 
+PATCH = (1, 2, 2)  # core's HunyuanVideo patchify of a latent's (t, h, w)
+
+
+def image_tokens(*shapes, patch=PATCH) -> list[int]:
+    """The image tokens of each latent (t, h, w) in `shapes` (None: absent), in order: core puts the
+    reference latent's tokens (one frame, the clip's size) in front of the video's."""
+    return [math.prod(s // p for s, p in zip(shape, patch, strict=True)) for shape in shapes
+            if shape is not None]
+
+
+def clip_image_tokens(latent_shape: tuple[int, int, int]) -> list[int]:
+    """[video, reference] image tokens of a clip whose video latent is (t, h, w)."""
+    t, h, w = latent_shape
+    return image_tokens(latent_shape, (1, h, w))
+
+
+def split_refusal(counts: list[int], degree: int) -> str:
+    """Why `counts` (video, then the reference if any) cannot be split `degree` ways, and what is
+    allowed: the one wording of the refusal, at node time and at forward time."""
+    parts = f"{counts[0]} video" + "".join(f" + {c} reference" for c in counts[1:])
+    return (f"{sum(counts)} image tokens ({parts}) do not divide by the sequence-parallel degree {degree} "
+            "(Ulysses x ring): the engine would pad them with tokens the attention sees; allowed: a size and "
+            f"length whose token count, (latent frames + 1 for the reference) x (height/16) x (width/16), is "
+            f"a multiple of {degree} (1280x720 and 832x480 at 129 frames divide by 2, 4 and 8), or a lower "
+            "sequence-parallel degree")
+
+
+def check_split(field: str, counts: list[int], degree: int) -> None:
+    """Refuse `counts` image tokens that `degree` does not divide (a ValidationError on `field`)."""
+    if degree > 1 and sum(counts) % degree:
+        raise ValidationError(field, split_refusal(counts, degree))
+
+
+def check_clip_split(field: str, latent_shape: tuple[int, int, int], degree: int) -> None:
+    """Node time: refuse a clip (video latent (t, h, w), plus its reference) `degree` does not split."""
+    check_split(field, clip_image_tokens(latent_shape), degree)
+
+
 def check_image_split(net, x: torch.Tensor, ref_latent) -> None:
     """Refuse, before any work, an image token count the sequence-parallel degree does not divide:
     the engine pads the sequence with tokens the attention would see."""
     world = sequence_parallel_degree(net)
     if world == 1:
         return
-    patch = tuple(getattr(net, "patch_size", (1, 2, 2)))
-    counts = [math.prod(s // p for s, p in zip(t.shape[2:], patch, strict=True)) for t in (x, ref_latent)
-              if isinstance(t, torch.Tensor)]
-    if sum(counts) % world:
-        parts = " + ".join(str(c) for c in counts)
-        raise ValidationError("latent", f"{sum(counts)} image tokens ({parts}: video"
-                                        f"{' + reference' if len(counts) > 1 else ''}) do not divide by the "
-                                        f"sequence-parallel degree {world}; pick a size whose token count, "
-                                        "(latent frames + 1 for the reference) x (height/16) x (width/16), "
-                                        "it divides (720p and 480p at 129 frames do for 2, 4 and 8)")
+    patch = tuple(getattr(net, "patch_size", PATCH))
+    shapes = [tuple(t.shape[2:]) if isinstance(t, torch.Tensor) else None for t in (x, ref_latent)]
+    check_split("latent", image_tokens(*shapes, patch=patch), world)

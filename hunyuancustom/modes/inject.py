@@ -15,7 +15,8 @@ followed by the video tokens, in (t, h, w) order. That is enough for both modes:
 
 Which batch entries are the negative branch comes from `transformer_options["cond_or_uncond"]`
 (core's sampler sets it: 0 = positive, 1 = negative, one entry per equal batch chunk); the
-negative branch gets the audio layers fed with zero audio, as the released pipeline does. A
+negative branch gets the audio layers fed with zero audio, as the released pipeline does. A batch
+the entries do not divide is refused (an engine split the batch but not the list). A
 patch already installed on the same block is kept and called inside ours; a patch of ours already
 there (the mode applied again, e.g. on a stateful Raylight worker) is replaced, never nested.
 
@@ -33,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import ValidationError
+from ..errors import EngineError, ValidationError
 from ..local.core_call import Signature
 from ..local.layout import check_image_split, on_whole_image
 from .audio import DEFAULT_STRENGTH, AudioModules, latent_frame_tokens
@@ -151,9 +152,7 @@ class ModeInjection:
         worker = _worker(transformer_options)
         pos, neg = self._audio_tokens(img.device, worker)
         b = img.shape[0]
-        branches = list(transformer_options.get("cond_or_uncond") or [POSITIVE])
-        if b % len(branches):
-            branches = [POSITIVE]
+        branches = branch_of_each_chunk(transformer_options, b)
         per = b // len(branches)
         tokens = torch.cat([(neg if c == NEGATIVE else pos).expand(per, *pos.shape[1:]) for c in branches])
         t, hw = self.frames_tokens
@@ -273,6 +272,21 @@ class ModeInjection:
 
 MODEL_KEY = "hunyuancustom_modes"
 MULTIGPU_CALLBACKS = ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES")
+
+
+def branch_of_each_chunk(transformer_options: dict, batch: int) -> list[int]:
+    """`cond_or_uncond`: the branch of each equal chunk of the batch (positive where the caller sets
+    none). Core's samplers always batch whole chunks; a batch they do not divide comes from an engine
+    that split the batch but not its options, and guessing would give a branch the other's audio."""
+    branches = list(transformer_options.get("cond_or_uncond") or [POSITIVE])
+    if batch % len(branches):
+        raise EngineError(f"the audio mode got a batch of {batch} with cond_or_uncond {branches} "
+                          f"({len(branches)} branches): it cannot tell which samples are the negative "
+                          "branch (zero audio). An engine split the batch without its options: Raylight's "
+                          "CFG-parallel (cfg_degree > 1) before contrib/raylight/"
+                          "04-cfg-per-rank-branch-options.patch (R5); apply that patch to Raylight, or "
+                          "run with cfg_degree 1")
+    return branches
 
 
 def _worker(transformer_options: dict | None):

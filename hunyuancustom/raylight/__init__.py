@@ -3,5 +3,4 @@ pack's patches travel to them as functions that rebuild the patches inside the w
 
 - `transport`: the functions shipped (nothing of the pack pickled but paths, numbers and tensors).
 - `worker`: what runs in a worker: the released recipe and the modes, on the worker's MODEL.
-- `layout`: the token count the sequence-parallel degree must divide.
 """
