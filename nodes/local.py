@@ -37,6 +37,20 @@ def _deepcache_input():
                                     "every step in full.")
 
 
+def recipe_inputs() -> list:
+    """Released Recipe's switches, also those of Released Recipe (Ray) (nodes/raylight.py)."""
+    return [
+        _deepcache_input(),
+        io.Float.Input("flow_shift", default=released.RELEASED_SHIFT, min=0.0, max=100.0, step=0.1,
+                       tooltip="Flow shift of the sampling schedule (released: 13 for ref2v and audio, 5 "
+                               "for editing); 0 keeps the MODEL's own (e.g. from ModelSamplingSD3)."),
+        io.Boolean.Input("released_schedule", default=True,
+                         tooltip="With the simple scheduler, use the released sigmas exactly (core's simple "
+                                 "rounds 1000/steps down: 30 steps start at t=0.967, not 0.9667). Other "
+                                 "schedulers are never changed."),
+    ]
+
+
 class LocalModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -96,15 +110,7 @@ class ReleasedRecipe(io.ComfyNode):
                          "(Local) already does this; use this node to change its switches."),
             inputs=[
                 io.Model.Input("model", tooltip="A HunyuanVideo / HunyuanCustom MODEL."),
-                _deepcache_input(),
-                io.Float.Input("flow_shift", default=released.RELEASED_SHIFT, min=0.0, max=100.0, step=0.1,
-                               tooltip="Flow shift of the sampling schedule (released: 13 for ref2v and "
-                                       "audio, 5 for editing); 0 keeps the MODEL's own (e.g. from "
-                                       "ModelSamplingSD3)."),
-                io.Boolean.Input("released_schedule", default=True,
-                                 tooltip="With the simple scheduler, use the released sigmas exactly (core's "
-                                         "simple rounds 1000/steps down: 30 steps start at t=0.967, not "
-                                         "0.9667). Other schedulers are never changed."),
+                *recipe_inputs(),
             ],
             outputs=[io.Model.Output("patched_model", display_name="model",
                                      tooltip="The MODEL with the released recipe.")],

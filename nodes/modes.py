@@ -140,6 +140,71 @@ def prepare_audio(audio, whisper_model: str, audio_strength: float, frames: int,
     return AudioPrep((t, height // 8, width // 8), windows, audio_strength, fitted)
 
 
+# The mode nodes' own widgets and outputs, shared by the (Local) nodes and the (Ray) nodes
+# (nodes/raylight.py): one definition of each parameter.
+def audio_inputs() -> list:
+    return [
+        io.Audio.Input("audio", tooltip="Speech or song; any sample rate, mono or stereo."),
+        io.Combo.Input("whisper_model", options=whisper_choices(), default=audio_mode.WHISPER_FOLDER,
+                       tooltip="Folder in ComfyUI/models/audio_encoders with openai/whisper-tiny."),
+        io.Float.Input("audio_strength", default=audio_mode.DEFAULT_STRENGTH, min=0.0,
+                       max=audio_mode.MAX_STRENGTH, step=0.05,
+                       tooltip="Scale of the audio's effect (released default 0.8)."),
+        io.Int.Input("frames", default=0, min=0, max=1025,
+                     tooltip="0: follow the audio (longest 4k+1 frames it covers at 25 fps); else 4k+1."),
+        io.Int.Input("width", default=1280, min=64, max=4096, step=16,
+                     tooltip="Video width, a multiple of 16 (released: 1280)."),
+        io.Int.Input("height", default=720, min=64, max=4096, step=16,
+                     tooltip="Video height, a multiple of 16 (released: 720)."),
+    ]
+
+
+def audio_outputs() -> list:
+    return [
+        io.Latent.Output("latent", display_name="latent",
+                         tooltip="The empty video latent the audio was prepared for: connect it to "
+                                 "Conditioning (Local)."),
+        io.Audio.Output("clip_audio", display_name="audio",
+                        tooltip="The audio fitted to the clip's duration (Create Video)."),
+        io.Float.Output("fps", display_name="fps", tooltip="25 (Create Video)."),
+    ]
+
+
+def editing_inputs(target: str) -> list:
+    """Everything after the VAE; `target`: what the flow shift is set on ("MODEL", "workers' MODEL")."""
+    return [
+        io.Mask.Input("mask", tooltip="White = region to replace; one mask for all frames or one per frame, "
+                                      "the video's size."),
+        io.Int.Input("expand", default=editing.DEFAULT_EXPAND, min=-64, max=64,
+                     tooltip="Grow (>0) or shrink (<0) the mask: elliptical kernel of this many pixels, "
+                             "applied 3 times (released recipe: 5)."),
+        io.Int.Input("max_frames", default=0, min=0, max=1025,
+                     tooltip="0: the whole source (cut to 4k+1 frames); else at most this many (4k+1)."),
+        # The editing recipe's shift differs from ref2v's 13: it goes onto the MODEL here.
+        io.Float.Input("flow_shift", default=editing.DEFAULT_FLOW_SHIFT, min=FLOW_SHIFT.minimum,
+                       max=FLOW_SHIFT.maximum, step=FLOW_SHIFT.step or 0.1,
+                       tooltip=f"Flow shift set on the {target} (released editing recipe: 5)."),
+        io.Video.Input("video", optional=True, tooltip="Source video (its fps and audio are kept)."),
+        io.Image.Input("frames", optional=True, tooltip="Source frames, instead of a VIDEO."),
+        io.Float.Input("fps", default=25.0, min=1.0, max=120.0, optional=True,
+                       tooltip="Frame rate of IMAGE frames (a VIDEO brings its own)."),
+        io.Audio.Input("audio", optional=True, tooltip="Audio for IMAGE frames (a VIDEO brings its own)."),
+    ]
+
+
+def editing_outputs() -> list:
+    return [
+        io.Latent.Output("latent", display_name="latent",
+                         tooltip="The empty video latent of the source's size and length (4k+1): connect "
+                                 "it to Conditioning (Local)."),
+        io.Audio.Output("clip_audio", display_name="audio",
+                        tooltip="The source's audio fitted to the clip (silence if it had none)."),
+        io.Float.Output("clip_fps", display_name="fps", tooltip="The source's frame rate."),
+        io.Image.Output("masked_frames", display_name="masked_frames",
+                        tooltip="What the model sees: the source with the region blacked out."),
+    ]
+
+
 class AudioDriven(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -158,30 +223,12 @@ class AudioDriven(io.ComfyNode):
                 ModeModulesType.Input("mode_modules", optional=True,
                                       tooltip="From Load Mode Modules (same file); not needed when the "
                                               "MODEL comes from Load Model (Local)."),
-                io.Audio.Input("audio", tooltip="Speech or song; any sample rate, mono or stereo."),
-                io.Combo.Input("whisper_model", options=whisper_choices(),
-                               default=audio_mode.WHISPER_FOLDER,
-                               tooltip="Folder in ComfyUI/models/audio_encoders with openai/whisper-tiny."),
-                io.Float.Input("audio_strength", default=audio_mode.DEFAULT_STRENGTH, min=0.0,
-                               max=audio_mode.MAX_STRENGTH,
-                               step=0.05, tooltip="Scale of the audio's effect (released default 0.8)."),
-                io.Int.Input("frames", default=0, min=0, max=1025,
-                             tooltip="0: follow the audio (longest 4k+1 frames it covers at 25 fps); "
-                                     "else 4k+1."),
-                io.Int.Input("width", default=1280, min=64, max=4096, step=16,
-                             tooltip="Video width, a multiple of 16 (released: 1280)."),
-                io.Int.Input("height", default=720, min=64, max=4096, step=16,
-                             tooltip="Video height, a multiple of 16 (released: 720)."),
+                *audio_inputs(),
             ],
             outputs=[
                 io.Model.Output("patched_model", display_name="model",
                                 tooltip="The MODEL with the audio modules, for KSampler."),
-                io.Latent.Output("latent", display_name="latent",
-                                 tooltip="The empty video latent the audio was prepared for: connect it to "
-                                         "Conditioning (Local)."),
-                io.Audio.Output("clip_audio", display_name="audio",
-                                tooltip="The audio fitted to the clip's duration (Create Video)."),
-                io.Float.Output("fps", display_name="fps", tooltip="25 (Create Video)."),
+                *audio_outputs(),
             ],
         )
 
@@ -265,36 +312,12 @@ class VideoDriven(io.ComfyNode):
                                       tooltip="From Load Mode Modules (same file); not needed when the "
                                               "MODEL comes from Load Model (Local)."),
                 io.Vae.Input("vae", tooltip="HunyuanVideo VAE."),
-                io.Mask.Input("mask", tooltip="White = region to replace; one mask for all frames or one "
-                                              "per frame, the video's size."),
-                io.Int.Input("expand", default=editing.DEFAULT_EXPAND, min=-64, max=64,
-                             tooltip="Grow (>0) or shrink (<0) the mask: elliptical kernel of this many "
-                                     "pixels, applied 3 times (released recipe: 5)."),
-                io.Int.Input("max_frames", default=0, min=0, max=1025,
-                             tooltip="0: the whole source (cut to 4k+1 frames); else at most this many "
-                                     "(4k+1)."),
-                # The editing recipe's shift differs from ref2v's 13: it goes onto the MODEL here.
-                io.Float.Input("flow_shift", default=editing.DEFAULT_FLOW_SHIFT, min=FLOW_SHIFT.minimum,
-                               max=FLOW_SHIFT.maximum, step=FLOW_SHIFT.step or 0.1,
-                               tooltip="Flow shift set on the MODEL (released editing recipe: 5)."),
-                io.Video.Input("video", optional=True, tooltip="Source video (its fps and audio are kept)."),
-                io.Image.Input("frames", optional=True, tooltip="Source frames, instead of a VIDEO."),
-                io.Float.Input("fps", default=25.0, min=1.0, max=120.0, optional=True,
-                               tooltip="Frame rate of IMAGE frames (a VIDEO brings its own)."),
-                io.Audio.Input("audio", optional=True,
-                               tooltip="Audio for IMAGE frames (a VIDEO brings its own)."),
+                *editing_inputs("MODEL"),
             ],
             outputs=[
                 io.Model.Output("patched_model", display_name="model",
                                 tooltip="The MODEL with the editing modules and flow shift, for KSampler."),
-                io.Latent.Output("latent", display_name="latent",
-                                 tooltip="The empty video latent of the source's size and length (4k+1): "
-                                         "connect it to Conditioning (Local)."),
-                io.Audio.Output("clip_audio", display_name="audio",
-                                tooltip="The source's audio fitted to the clip (silence if it had none)."),
-                io.Float.Output("clip_fps", display_name="fps", tooltip="The source's frame rate."),
-                io.Image.Output("masked_frames", display_name="masked_frames",
-                                tooltip="What the model sees: the source with the region blacked out."),
+                *editing_outputs(),
             ],
         )
 

@@ -16,13 +16,20 @@ from comfy_api.latest import io
 from ..hunyuancustom.errors import ValidationError
 from ..hunyuancustom.local import released
 from ..hunyuancustom.local.layout import check_clip_split
-from ..hunyuancustom.modes import audio as audio_mode
 from ..hunyuancustom.modes import editing
 from ..hunyuancustom.modes.checkpoint import mode_kinds
 from ..hunyuancustom.params import check_value
 from ..hunyuancustom.raylight.transport import sequence_degree_reader, worker_function
-from .local import _deepcache_input
-from .modes import FLOW_SHIFT, prepare_audio, prepare_editing, whisper_choices
+from .local import recipe_inputs
+from .modes import (
+    FLOW_SHIFT,
+    audio_inputs,
+    audio_outputs,
+    editing_inputs,
+    editing_outputs,
+    prepare_audio,
+    prepare_editing,
+)
 
 CATEGORY = "HunyuanCustom/Raylight"
 RayActors = io.Custom("RAY_ACTORS")  # Raylight's {"workers": [Ray actor handles]}
@@ -99,12 +106,7 @@ class ReleasedRecipeRay(io.ComfyNode):
                          "the earlier patch."),
             inputs=[
                 _actors_input(),
-                _deepcache_input(),
-                io.Float.Input("flow_shift", default=released.RELEASED_SHIFT, min=0.0, max=100.0, step=0.1,
-                               tooltip="Flow shift (released: 13 for ref2v and audio, 5 for editing); 0 "
-                                       "keeps the MODEL's own."),
-                io.Boolean.Input("released_schedule", default=True,
-                                 tooltip="With the simple scheduler, use the released sigmas exactly."),
+                *recipe_inputs(),
             ],
             outputs=[_actors_output()],
         )
@@ -137,28 +139,11 @@ class AudioDrivenRay(io.ComfyNode):
                 _actors_input(),
                 _ckpt_input("The audio checkpoint (hunyuancustom_audio_720P, converted to .safetensors), "
                             "in models/diffusion_models: its audio modules are read by each worker."),
-                io.Audio.Input("audio", tooltip="Speech or song; any sample rate, mono or stereo."),
-                io.Combo.Input("whisper_model", options=whisper_choices(), default=audio_mode.WHISPER_FOLDER,
-                               tooltip="Folder in ComfyUI/models/audio_encoders with openai/whisper-tiny."),
-                io.Float.Input("audio_strength", default=audio_mode.DEFAULT_STRENGTH, min=0.0,
-                               max=audio_mode.MAX_STRENGTH, step=0.05,
-                               tooltip="Scale of the audio's effect (released default 0.8)."),
-                io.Int.Input("frames", default=0, min=0, max=1025,
-                             tooltip="0: follow the audio (longest 4k+1 frames it covers at 25 fps); "
-                                     "else 4k+1."),
-                io.Int.Input("width", default=1280, min=64, max=4096, step=16,
-                             tooltip="Video width, a multiple of 16 (released: 1280)."),
-                io.Int.Input("height", default=720, min=64, max=4096, step=16,
-                             tooltip="Video height, a multiple of 16 (released: 720)."),
+                *audio_inputs(),
             ],
             outputs=[
                 _actors_output(),
-                io.Latent.Output("latent", display_name="latent",
-                                 tooltip="The empty video latent the audio was prepared for: Conditioning "
-                                         "(Local)."),
-                io.Audio.Output("clip_audio", display_name="audio",
-                                tooltip="The audio fitted to the clip's duration (Create Video)."),
-                io.Float.Output("fps", display_name="fps", tooltip="25 (Create Video)."),
+                *audio_outputs(),
             ],
         )
 
@@ -195,33 +180,11 @@ class VideoDrivenRay(io.ComfyNode):
                             ".safetensors), in models/diffusion_models: its editing modules are read by "
                             "each worker."),
                 io.Vae.Input("vae", tooltip="HunyuanVideo VAE."),
-                io.Mask.Input("mask", tooltip="White = region to replace; one mask for all frames or one per "
-                                              "frame, the video's size."),
-                io.Int.Input("expand", default=editing.DEFAULT_EXPAND, min=-64, max=64,
-                             tooltip="Grow (>0) or shrink (<0) the mask (released recipe: 5)."),
-                io.Int.Input("max_frames", default=0, min=0, max=1025,
-                             tooltip="0: the whole source (cut to 4k+1 frames); else at most this many "
-                                     "(4k+1)."),
-                io.Float.Input("flow_shift", default=editing.DEFAULT_FLOW_SHIFT, min=FLOW_SHIFT.minimum,
-                               max=FLOW_SHIFT.maximum, step=FLOW_SHIFT.step or 0.1,
-                               tooltip="Flow shift set on the workers' MODEL (released editing recipe: 5)."),
-                io.Video.Input("video", optional=True, tooltip="Source video (its fps and audio are kept)."),
-                io.Image.Input("frames", optional=True, tooltip="Source frames, instead of a VIDEO."),
-                io.Float.Input("fps", default=25.0, min=1.0, max=120.0, optional=True,
-                               tooltip="Frame rate of IMAGE frames (a VIDEO brings its own)."),
-                io.Audio.Input("audio", optional=True,
-                               tooltip="Audio for IMAGE frames (a VIDEO brings its own)."),
+                *editing_inputs("workers' MODEL"),
             ],
             outputs=[
                 _actors_output(),
-                io.Latent.Output("latent", display_name="latent",
-                                 tooltip="The empty latent of the source's size and length: Conditioning "
-                                         "(Local)."),
-                io.Audio.Output("clip_audio", display_name="audio",
-                                tooltip="The source's audio fitted to the clip (silence if it had none)."),
-                io.Float.Output("clip_fps", display_name="fps", tooltip="The source's frame rate."),
-                io.Image.Output("masked_frames", display_name="masked_frames",
-                                tooltip="What the model sees: the source with the region blacked out."),
+                *editing_outputs(),
             ],
         )
 

@@ -44,25 +44,35 @@ class ModeModules:
         return self.editing
 
 
-def read_mode_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """The `audio_proj.*`, `audio_models.*`, `bg_in.*`, `bg_proj.*` tensors of a checkpoint."""
+def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise ValidationError("ckpt_name", f"file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    return path
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                wanted = [k for k in f.keys() if select_keys({k: None}, MODE_PREFIXES)]
-                return select_keys({k: f.get_tensor(k) for k in wanted}, MODE_PREFIXES)
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            raise ValidationError("ckpt_name", f"{path.name} is not a readable safetensors file "
-                                               f"({type(e).__name__}: {str(e)[:200]})") from None
+
+def _safetensors_mode_tensors(path: Path, load: bool) -> dict:
+    """The mode modules' keys of a safetensors file, with their tensors (`load`) or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            wanted = [k for k in f.keys() if select_keys({k: None}, MODE_PREFIXES)]
+            return select_keys({k: f.get_tensor(k) if load else None for k in wanted}, MODE_PREFIXES)
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValidationError("ckpt_name", f"{path.name} is not a readable safetensors file "
+                                           f"({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _pickled_state_dict(path: Path, mmap_only: bool) -> dict | None:
+    """A pickled checkpoint's state dict, memory-mapped (`weights_only=True`); a legacy pickle that
+    cannot be mapped is read whole, or gives None with `mmap_only`."""
     try:
         try:
             sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+            if mmap_only:
+                return None
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
         raise ValidationError("ckpt_name", f"{path.name} is not a readable checkpoint "
@@ -71,6 +81,15 @@ def read_mode_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         sd = next(iter(sd.values()))  # the released files keep the weights under "module"
     if not isinstance(sd, dict):
         raise ValidationError("ckpt_name", f"{path.name} does not hold a state dict")
+    return sd
+
+
+def read_mode_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The `audio_proj.*`, `audio_models.*`, `bg_in.*`, `bg_proj.*` tensors of a checkpoint."""
+    path = _existing(path)
+    if path.suffix == ".safetensors":
+        return _safetensors_mode_tensors(path, load=True)
+    sd = _pickled_state_dict(path, mmap_only=False)
     return {k: v.clone() for k, v in select_keys(sd, MODE_PREFIXES).items()}
 
 
@@ -112,29 +131,13 @@ def mode_kinds(path: str | Path) -> set[str] | None:
     """Which module sets ("audio", "editing") a checkpoint holds, from its key names only, for a
     check before the modules are read elsewhere; None for a pickle that cannot be memory-mapped
     (reading it would read the whole file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValidationError("ckpt_name", f"file not found: {path}")
+    path = _existing(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
-        except Exception as e:  # safetensors raises its own error types for damaged files
-            raise ValidationError("ckpt_name", f"{path.name} is not a readable safetensors file "
-                                               f"({type(e).__name__}: {str(e)[:200]})") from None
+        found = _safetensors_mode_tensors(path, load=False)
     else:
-        try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:
+        sd = _pickled_state_dict(path, mmap_only=True)
+        if sd is None:
             return None
-        except Exception as e:  # unpickling errors come in many types
-            raise ValidationError("ckpt_name", f"{path.name} is not a readable checkpoint "
-                                               f"({type(e).__name__}: {str(e)[:200]})") from None
-        if isinstance(sd, dict) and len(sd) == 1 and isinstance(next(iter(sd.values())), dict):
-            sd = next(iter(sd.values()))
-        keys = list(sd) if isinstance(sd, dict) else []
-    found = set(select_keys({k: None for k in keys}, MODE_PREFIXES))
+        found = select_keys({k: None for k in sd}, MODE_PREFIXES)
     return {kind for kind, prefixes in (("audio", AUDIO_PREFIXES), ("editing", EDITING_PREFIXES))
             if any(k.startswith(prefixes) for k in found)}
