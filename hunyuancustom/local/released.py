@@ -35,6 +35,7 @@ import torch
 
 from .core_call import Call, Signature
 from .layout import check_image_split
+from .multigpu import follow_device_clones, thread_device
 from .schedule import flow_sigmas
 
 KEY = "hunyuancustom_release"  # wrapper key and attachment name on the ModelPatcher
@@ -251,11 +252,8 @@ class _LockedStore:
 
 
 def _device(opts: dict, x: torch.Tensor):
-    """The device this call runs for: core's multi-GPU names each worker thread's device (two
-    devices may both report tensors on "cpu", or share a type and differ only by index); else the
-    input's own."""
-    device = opts.get("multigpu_thread_device")
-    return torch.device(device) if device is not None else x.device
+    """The device this call runs for: core's multi-GPU thread's, else the input's own."""
+    return thread_device(opts) or x.device
 
 
 def _step(opts: dict) -> tuple[int | None, int | None]:
@@ -375,17 +373,12 @@ def apply_released(model, deepcache: bool = True, released_schedule: bool = True
     # the same four child modules whether txt_in is core's or already this patch's
     refiner = m.get_model_object("diffusion_model.txt_in")
     m.add_object_patch(REFINER, ReleasedTokenRefiner(refiner))
-    for name in MULTIGPU_CALLBACKS:  # 0.33+: core's per-device deep clones of this MODEL
-        call_type = getattr(ext.CallbacksMP, name, None)
-        if call_type is not None:
-            m.remove_callbacks_with_key(call_type, KEY)
-            m.add_callback_with_key(call_type, KEY, refiner_on_own_modules)
+    follow_device_clones(m, KEY, refiner_on_own_modules)
     m.set_attachments(KEY, fwd)
     return m
 
 
 REFINER = "diffusion_model.txt_in"
-MULTIGPU_CALLBACKS = ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES")
 
 
 def refiner_on_own_modules(original, clone) -> None:

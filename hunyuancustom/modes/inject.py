@@ -37,6 +37,7 @@ import torch
 from ..errors import EngineError, ValidationError
 from ..local.core_call import Signature
 from ..local.layout import check_image_split, on_whole_image
+from ..local.multigpu import follow_device_clones, thread_device
 from .audio import DEFAULT_STRENGTH, AudioModules, latent_frame_tokens
 from .editing import BackgroundModules
 
@@ -144,12 +145,12 @@ class ModeInjection:
 
     def add_background(self, img: torch.Tensor, transformer_options: dict | None = None) -> torch.Tensor:
         ref = self._split(img)
-        bg = self._background_tokens(img.device, img.dtype, _worker(transformer_options))
+        bg = self._background_tokens(img.device, img.dtype, thread_device(transformer_options))
         return torch.cat([img[:, :ref], img[:, ref:] + bg], dim=1)
 
     def add_audio(self, layer: int, img: torch.Tensor, transformer_options: dict) -> torch.Tensor:
         ref = self._split(img)
-        worker = _worker(transformer_options)
+        worker = thread_device(transformer_options)
         pos, neg = self._audio_tokens(img.device, worker)
         b = img.shape[0]
         branches = branch_of_each_chunk(transformer_options, b)
@@ -250,11 +251,7 @@ class ModeInjection:
         patchers = {role: _patcher(c.modules, m) for role, c in roles.items() if c is not None}
         m.set_additional_models(MODEL_KEY, list(patchers.values()))
         self._roles = {getattr(p, "clone_base_uuid", None): role for role, p in patchers.items()}
-        for name in MULTIGPU_CALLBACKS:  # 0.33+: core's per-device deep clones of this MODEL
-            call_type = getattr(ext.CallbacksMP, name, None)
-            if call_type is not None:
-                m.remove_callbacks_with_key(call_type, MODEL_KEY)
-                m.add_callback_with_key(call_type, MODEL_KEY, self.register_device_clone)
+        follow_device_clones(m, MODEL_KEY, self.register_device_clone)
         return m
 
     def register_device_clone(self, original, clone) -> None:
@@ -271,7 +268,6 @@ class ModeInjection:
 
 
 MODEL_KEY = "hunyuancustom_modes"
-MULTIGPU_CALLBACKS = ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES")
 
 
 def branch_of_each_chunk(transformer_options: dict, batch: int) -> list[int]:
@@ -287,12 +283,6 @@ def branch_of_each_chunk(transformer_options: dict, batch: int) -> list[int]:
                           "04-cfg-per-rank-branch-options.patch (R5); apply that patch to Raylight, or "
                           "run with cfg_degree 1")
     return branches
-
-
-def _worker(transformer_options: dict | None):
-    """The device of core's multi-GPU thread running this call, or None outside it."""
-    device = (transformer_options or {}).get("multigpu_thread_device")
-    return torch.device(device) if device is not None else None
 
 
 _INNER = "_hunyuancustom_mode_inner"  # attribute that marks a block patch as the modes' own
